@@ -1,0 +1,20 @@
+"""AdamW with layer-wise learning-rate decay (Paddle's AdamWDL) for optax."""
+
+from optax_adamwdl.alias import adamwdl
+from optax_adamwdl.layers import layer_id, layerwise_lr_decay
+from optax_adamwdl.layerwise import lr_ratios, scale_by_layerwise_lr
+from optax_adamwdl.names import param_names
+from optax_adamwdl.table import LrTable, lr_table
+
+__all__ = [
+    "LrTable",
+    "adamwdl",
+    "layer_id",
+    "layerwise_lr_decay",
+    "lr_ratios",
+    "lr_table",
+    "param_names",
+    "scale_by_layerwise_lr",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""``adamwdl``: AdamW with layer-wise learning-rate decay, as an optax chain."""
+
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+import jax
+import numpy as np
+import optax
+
+from optax_adamwdl import _checks
+from optax_adamwdl.layerwise import SetParamLrFun, scale_by_layerwise_lr
+from optax_adamwdl.names import param_names
+
+MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+
+
+def decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]):
+  """Turns a Paddle-style ``name -> bool`` predicate into an optax mask function.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> mask = decay_mask_from_names(lambda name: not name.endswith("bias"))
+    >>> mask({"dense": {"kernel": jnp.zeros(2), "bias": jnp.zeros(2)}})
+    {'dense': {'bias': False, 'kernel': True}}
+  """
+
+  def decide(name: str) -> bool:
+    decision = apply_decay_param_fun(name)
+    if not isinstance(decision, (bool, np.bool_)):
+      raise TypeError(
+          f"apply_decay_param_fun must return True or False, got {decision!r} "
+          f"for parameter {name!r}.")
+    return bool(decision)
+
+  return lambda params: jax.tree.map(decide, param_names(params))
+
+
+def _check_arguments(learning_rate, b1, b2, eps, weight_decay, layerwise_decay):
+  if not callable(learning_rate):
+    _checks.check_range("learning_rate", learning_rate, low=0.0)
+  if not callable(weight_decay):
+    _checks.check_range("weight_decay", weight_decay)
+  _checks.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
+  _checks.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
+  _checks.check_range("eps", eps, low=0.0)
+  _checks.check_range("layerwise_decay", layerwise_decay, low=0.0, low_inclusive=False)
+
+
+def adamwdl(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.01,
+    *,
+    layerwise_decay: jax.typing.ArrayLike = 1.0,
+    n_layers: Optional[int] = None,
+    set_param_lr_fun: Optional[SetParamLrFun] = None,
+    mask: MaskOrFn = None,
+    apply_decay_param_fun: Optional[Callable[[str], bool]] = None,
+    grad_clip: Optional[optax.GradientTransformation] = None,
+    lazy_mode: bool = False,
+    multi_precision: bool = False,
+    mu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""AdamW with layer-wise learning-rate decay (Paddle's ``AdamWDL``).
+
+  Each parameter :math:`p` takes an AdamW step whose learning rate is scaled by
+  its layer's ratio :math:`r_p`:
+
+  .. math::
+
+    \begin{align*}
+      m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+      v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+      \hat m_t &\leftarrow m_t / (1 - \beta_1^t), \quad
+      \hat v_t \leftarrow v_t / (1 - \beta_2^t) \\
+      p_t &\leftarrow p_{t-1} - \eta_t\, r_p \left(
+        \hat m_t / (\sqrt{\hat v_t} + \varepsilon) + \lambda\, \mathbb{1}_p\, p_{t-1}
+      \right)
+    \end{align*}
+
+  where :math:`\eta_t` is ``learning_rate``, :math:`\beta_1, \beta_2` are
+  ``b1, b2``, :math:`\varepsilon` is ``eps``, :math:`\lambda` is
+  ``weight_decay``, :math:`\mathbb{1}_p` the decay mask and, by default,
+  :math:`r_p = \alpha^{L-i}` for a parameter of layer :math:`i`,
+  :math:`\alpha^{L+1}` for embeddings and 1 for the rest, with
+  :math:`\alpha` = ``layerwise_decay`` and :math:`L` = ``n_layers``.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{\hat v_t}`, >= 0.
+    weight_decay: the decoupled weight decay :math:`\lambda`, a float or a
+      schedule; scaled by the layer's learning rate, as in Paddle.
+    layerwise_decay: :math:`\alpha` > 0; 1.0 is plain AdamW.
+    n_layers: :math:`L`; None infers it from the parameter names (largest
+      layer index + 1).
+    set_param_lr_fun: ``(decay_rate, n_layers, name) -> ratio``; None uses
+      :func:`optax_adamwdl.layerwise_lr_decay`. ``name`` is the dotted name of
+      :func:`optax_adamwdl.param_names`.
+    mask: which parameters get weight decay, as in ``optax.adamw``: a pytree of
+      bools or a function of the params returning one. None decays all.
+    apply_decay_param_fun: Paddle's form of ``mask``: ``name -> bool``. Give
+      ``mask`` or this, not both.
+    grad_clip: an optax transformation applied to the raw gradients first, such
+      as ``optax.clip_by_global_norm(1.0)``.
+    lazy_mode: not yet available (see the "every Paddle argument" issue).
+    multi_precision: not yet available (see the "every Paddle argument" issue).
+    mu_dtype: dtype of the first moment, as in ``optax.adamw``.
+
+  Returns:
+    An ``optax.GradientTransformation``: the chain of ``grad_clip``,
+    ``optax.scale_by_adam``, ``optax.add_decayed_weights``,
+    :func:`optax_adamwdl.scale_by_layerwise_lr` and
+    ``optax.scale_by_learning_rate``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> params = {"embeddings": jnp.ones(2), "encoder": {"layers": [jnp.ones(2)] * 2},
+    ...           "classifier": jnp.ones(2)}
+    >>> tx = adamwdl(learning_rate=0.1, weight_decay=0.0, layerwise_decay=0.5)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> jax.tree.map(lambda u: round(float(u[0]), 4), updates)
+    {'classifier': -0.1, 'embeddings': -0.0125, 'encoder': {'layers': [-0.025, -0.05]}}
+
+  References:
+    Yang et al., `XLNet <https://arxiv.org/abs/1906.08237>`_, 2019;
+    Clark et al., `ELECTRA <https://arxiv.org/abs/2003.10555>`_, 2020;
+    Bao et al., `BEiT <https://arxiv.org/abs/2106.08254>`_, 2021;
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+  """
+  _check_arguments(learning_rate, b1, b2, eps, weight_decay, layerwise_decay)
+  if mask is not None and apply_decay_param_fun is not None:
+    raise ValueError(
+        "Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
+  if apply_decay_param_fun is not None:
+    if not callable(apply_decay_param_fun):
+      raise TypeError(
+          "apply_decay_param_fun must be a callable name -> bool, got "
+          f"{apply_decay_param_fun!r}.")
+    mask = decay_mask_from_names(apply_decay_param_fun)
+  if grad_clip is not None and not isinstance(grad_clip, optax.GradientTransformation):
+    raise TypeError(
+        "grad_clip must be an optax.GradientTransformation, such as "
+        f"optax.clip_by_global_norm(1.0), got {grad_clip!r}.")
+  if lazy_mode:
+    raise NotImplementedError("lazy_mode=True (lazy Adam updates) is not available yet.")
+  if multi_precision:
+    raise NotImplementedError(
+        "multi_precision=True (float32 master weights) is not available yet.")
+  return optax.chain(
+      grad_clip if grad_clip is not None else optax.identity(),
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+      optax.add_decayed_weights(weight_decay, mask),
+      scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun),
+      optax.scale_by_learning_rate(learning_rate),
+  )
