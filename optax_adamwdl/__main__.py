@@ -1,5 +1,6 @@
 """``python -m optax_adamwdl``: see :mod:`optax_adamwdl.demo`."""
 
-from optax_adamwdl.demo import main
+if __name__ == "__main__":
+  from optax_adamwdl.demo import main
 
-main()
+  main()

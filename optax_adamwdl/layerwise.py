@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_adamwdl import _checks
@@ -55,13 +56,17 @@ def _resolve_n_layers(names, n_layers, custom_rule: bool):
 
 def _checked_ratio(ratio: Any, name: str) -> float:
   try:
-    number = _checks.concrete_number("ratio", ratio)
+    number = _checks.concrete_number("ratio", ratio) if np.ndim(ratio) == 0 else None
   except TypeError:
     number = None
-  if number is None or not math.isfinite(number) or number < 0:
+  if number is None:
+    raise TypeError(
+        f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
+        "learning-rate ratio must be a number.")
+  if not math.isfinite(number) or number < 0:
     raise ValueError(
         f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
-        "learning-rate ratio must be a finite number >= 0.")
+        "learning-rate ratio must be finite and >= 0.")
   return float(number)
 
 
