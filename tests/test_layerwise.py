@@ -55,12 +55,15 @@ def test_traced_decay_matches_constant_decay():
 
 
 def test_bfloat16_update_is_scaled_in_float32():
-  tx = scale_by_layerwise_lr(0.75)
-  grads = {"layers": [jnp.ones(3, jnp.bfloat16)] * 2, "embed": jnp.ones(3, jnp.bfloat16)}
+  tx = scale_by_layerwise_lr(0.7)
+  g = jnp.linspace(1.0, 3.0, 64, dtype=jnp.bfloat16)
+  grads = {"layers": [g, g], "embed": g}
   scaled, _ = tx.update(grads, tx.init(grads))
   assert scaled["embed"].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(
-      scaled["embed"], jnp.asarray(0.75**3, jnp.float32).astype(jnp.bfloat16))
+  want = (g.astype(jnp.float32) * jnp.float32(0.7**3)).astype(jnp.bfloat16)
+  ratio_rounded_first = g * jnp.asarray(0.7**3, jnp.bfloat16)
+  assert np.any(want != ratio_rounded_first)  # so the check below can tell them apart
+  np.testing.assert_array_equal(scaled["embed"], want)
 
 
 def test_decay_one_is_the_identity_even_with_no_layers():
