@@ -7,14 +7,14 @@ from optax_adamwdl.names import param_names
 from optax_adamwdl.table import LrTable, lr_table
 
 __all__ = [
-    "LrTable",
-    "adamwdl",
-    "layer_id",
-    "layerwise_lr_decay",
-    "lr_ratios",
-    "lr_table",
-    "param_names",
-    "scale_by_layerwise_lr",
+  "LrTable",
+  "adamwdl",
+  "layer_id",
+  "layerwise_lr_decay",
+  "lr_ratios",
+  "lr_table",
+  "param_names",
+  "scale_by_layerwise_lr",
 ]
 
 __version__ = "0.1.0"

@@ -7,13 +7,13 @@ concrete at ``init`` (where they are checked) and traced inside ``update``
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 
 
-def concrete_number(name: str, value: Any) -> Optional[float]:
+def concrete_number(name: str, value: Any) -> float | None:
   """Returns ``value`` as a Python number, or None when it is traced.
 
   Raises:
@@ -35,13 +35,13 @@ def concrete_number(name: str, value: Any) -> Optional[float]:
 
 
 def check_range(
-    name: str,
-    value: Any,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
+  name: str,
+  value: Any,
+  *,
+  low: float = -math.inf,
+  high: float = math.inf,
+  low_inclusive: bool = True,
+  high_inclusive: bool = True,
 ) -> None:
   """Raises ValueError unless a concrete ``value`` is finite and within bounds."""
   number = concrete_number(name, value)
@@ -50,15 +50,11 @@ def check_range(
   above = number >= low if low_inclusive else number > low
   below = number <= high if high_inclusive else number < high
   if not (math.isfinite(number) and above and below):
-    interval = (
-        ("[" if low_inclusive else "(")
-        + f"{low}, {high}"
-        + ("]" if high_inclusive else ")")
-    )
+    interval = ("[" if low_inclusive else "(") + f"{low}, {high}" + ("]" if high_inclusive else ")")
     raise ValueError(f"{name} must be finite and in {interval}, got {value!r}.")
 
 
-def check_n_layers(n_layers: Any) -> Optional[int]:
+def check_n_layers(n_layers: Any) -> int | None:
   """Returns a concrete ``n_layers`` as an int (None when absent or traced)."""
   if n_layers is None:
     return None

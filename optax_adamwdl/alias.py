@@ -1,7 +1,7 @@
 """``adamwdl``: AdamW with layer-wise learning-rate decay, as an optax chain."""
 
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -11,7 +11,7 @@ from optax_adamwdl import _checks
 from optax_adamwdl.layerwise import SetParamLrFun, scale_by_layerwise_lr
 from optax_adamwdl.names import param_names
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
 def decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]):
@@ -28,8 +28,8 @@ def decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]):
     decision = apply_decay_param_fun(name)
     if not isinstance(decision, (bool, np.bool_)):
       raise TypeError(
-          f"apply_decay_param_fun must return True or False, got {decision!r} "
-          f"for parameter {name!r}.")
+        f"apply_decay_param_fun must return True or False, got {decision!r} for parameter {name!r}."
+      )
     return bool(decision)
 
   return lambda params: jax.tree.map(decide, param_names(params))
@@ -47,21 +47,21 @@ def _check_arguments(learning_rate, b1, b2, eps, weight_decay, layerwise_decay):
 
 
 def adamwdl(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: optax.ScalarOrSchedule = 0.01,
-    *,
-    layerwise_decay: jax.typing.ArrayLike = 1.0,
-    n_layers: Optional[int] = None,
-    set_param_lr_fun: Optional[SetParamLrFun] = None,
-    mask: MaskOrFn = None,
-    apply_decay_param_fun: Optional[Callable[[str], bool]] = None,
-    grad_clip: Optional[optax.GradientTransformation] = None,
-    lazy_mode: bool = False,
-    multi_precision: bool = False,
-    mu_dtype: Optional[Any] = None,
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: optax.ScalarOrSchedule = 0.01,
+  *,
+  layerwise_decay: jax.typing.ArrayLike = 1.0,
+  n_layers: int | None = None,
+  set_param_lr_fun: SetParamLrFun | None = None,
+  mask: MaskOrFn = None,
+  apply_decay_param_fun: Callable[[str], bool] | None = None,
+  grad_clip: optax.GradientTransformation | None = None,
+  lazy_mode: bool = False,
+  multi_precision: bool = False,
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamW with layer-wise learning-rate decay (Paddle's ``AdamWDL``).
 
@@ -136,27 +136,26 @@ def adamwdl(
   """
   _check_arguments(learning_rate, b1, b2, eps, weight_decay, layerwise_decay)
   if mask is not None and apply_decay_param_fun is not None:
-    raise ValueError(
-        "Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
+    raise ValueError("Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
   if apply_decay_param_fun is not None:
     if not callable(apply_decay_param_fun):
       raise TypeError(
-          "apply_decay_param_fun must be a callable name -> bool, got "
-          f"{apply_decay_param_fun!r}.")
+        f"apply_decay_param_fun must be a callable name -> bool, got {apply_decay_param_fun!r}."
+      )
     mask = decay_mask_from_names(apply_decay_param_fun)
   if grad_clip is not None and not isinstance(grad_clip, optax.GradientTransformation):
     raise TypeError(
-        "grad_clip must be an optax.GradientTransformation, such as "
-        f"optax.clip_by_global_norm(1.0), got {grad_clip!r}.")
+      "grad_clip must be an optax.GradientTransformation, such as "
+      f"optax.clip_by_global_norm(1.0), got {grad_clip!r}."
+    )
   if lazy_mode:
     raise NotImplementedError("lazy_mode=True (lazy Adam updates) is not available yet.")
   if multi_precision:
-    raise NotImplementedError(
-        "multi_precision=True (float32 master weights) is not available yet.")
+    raise NotImplementedError("multi_precision=True (float32 master weights) is not available yet.")
   return optax.chain(
-      grad_clip if grad_clip is not None else optax.identity(),
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-      optax.add_decayed_weights(weight_decay, mask),
-      scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun),
-      optax.scale_by_learning_rate(learning_rate),
+    grad_clip if grad_clip is not None else optax.identity(),
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
+    optax.add_decayed_weights(weight_decay, mask),
+    scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun),
+    optax.scale_by_learning_rate(learning_rate),
   )

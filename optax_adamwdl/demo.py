@@ -6,7 +6,6 @@ sequence), printing the loss as it falls. Needs the ``demo`` extra (flax, tqdm).
 """
 
 import argparse
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +40,15 @@ class TransformerEncoder(nnx.Module):
   """
 
   def __init__(
-      self, vocab: int, length: int, classes: int, *, dim: int = 64, heads: int = 4,
-      n_layers: int = 4, rngs: nnx.Rngs,
+    self,
+    vocab: int,
+    length: int,
+    classes: int,
+    *,
+    dim: int = 64,
+    heads: int = 4,
+    n_layers: int = 4,
+    rngs: nnx.Rngs,
   ):
     self.embeddings = nnx.Embed(vocab, dim, rngs=rngs)
     self.position_embeddings = nnx.Param(0.02 * jax.random.normal(rngs.params(), (length, dim)))
@@ -58,7 +64,7 @@ class TransformerEncoder(nnx.Module):
 
 
 def most_frequent_token_task(
-    rng: np.random.Generator, batch: int, *, vocab: int = 8, length: int = 16
+  rng: np.random.Generator, batch: int, *, vocab: int = 8, length: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
   """Sequences in which one token is planted often; the label is the most frequent token."""
   planted = rng.integers(vocab, size=batch)
@@ -84,7 +90,7 @@ def accuracy(model, tokens, labels):
   return (model(tokens).argmax(axis=-1) == labels).mean()
 
 
-def main(argv: Optional[list[str]] = None) -> float:
+def main(argv: list[str] | None = None) -> float:
   """Runs the demo and returns the final held-out accuracy."""
   from tqdm import tqdm
 
@@ -99,8 +105,10 @@ def main(argv: Optional[list[str]] = None) -> float:
   model = TransformerEncoder(vocab, length, vocab, rngs=nnx.Rngs(args.seed))
   schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, args.steps // 10, args.steps)
   tx = adamwdl(
-      schedule, weight_decay=0.01, layerwise_decay=args.layerwise_decay,
-      apply_decay_param_fun=lambda name: not name.endswith(("bias", "scale")),
+    schedule,
+    weight_decay=0.01,
+    layerwise_decay=args.layerwise_decay,
+    apply_decay_param_fun=lambda name: not name.endswith(("bias", "scale")),
   )
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 

@@ -7,11 +7,11 @@ the README lists every pattern.
 
 import re
 from collections.abc import Iterable
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import jax
 
-LayerId = Union[int, Literal["embedding"], None]
+LayerId = int | Literal["embedding"] | None
 
 # A component naming a list of layers, followed by the layer's index:
 # "encoder.layers.3" (Paddle, Llama, flax nnx), "encoder.layer.3" (Hugging Face
@@ -23,10 +23,19 @@ _LAYER_LISTS = frozenset({"layers", "layer", "h", "block", "blocks", "resblocks"
 _INDEXED_LAYER = re.compile(r"(?:encoder|decoder|transformer)?_?(?:block|layer)s?_(\d+)")
 
 # Embedding components that do not contain "embed".
-_EMBEDDING_NAMES = frozenset({
-    "wte", "wpe", "shared", "cls", "cls_token", "dist_token", "reg_token",
-    "register_tokens", "mask_token",
-})
+_EMBEDDING_NAMES = frozenset(
+  {
+    "wte",
+    "wpe",
+    "shared",
+    "cls",
+    "cls_token",
+    "dist_token",
+    "reg_token",
+    "register_tokens",
+    "mask_token",
+  }
+)
 # Output projections whose names contain "embed" but which are heads.
 _HEAD_PREFIXES = ("unembed", "embed_out")
 
@@ -74,7 +83,7 @@ def layer_id(name: str) -> LayerId:
 
 
 def layerwise_lr_decay(
-    decay_rate: jax.typing.ArrayLike, n_layers: int, name: str
+  decay_rate: jax.typing.ArrayLike, n_layers: int, name: str
 ) -> jax.typing.ArrayLike:
   """The default ``set_param_lr_fun``: Paddle's layer-wise decay ladder.
 
@@ -113,7 +122,7 @@ def layerwise_lr_decay(
   return decay_rate ** (n_layers - layer)
 
 
-def infer_n_layers(names: Iterable[str]) -> Optional[int]:
+def infer_n_layers(names: Iterable[str]) -> int | None:
   """Returns one more than the largest layer index in ``names``, or None.
 
   Examples:

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,24 +33,26 @@ def _resolve_n_layers(names, n_layers, custom_rule: bool):
   if custom_rule:
     if given is None and found is None:
       raise ValueError(
-          "set_param_lr_fun needs n_layers, and it cannot be inferred: no "
-          f"parameter name matches a layer pattern ({_first_names(names)}). "
-          "Pass n_layers=...")
+        "set_param_lr_fun needs n_layers, and it cannot be inferred: no "
+        f"parameter name matches a layer pattern ({_first_names(names)}). "
+        "Pass n_layers=..."
+      )
     return found if given is None else given
   if found is None:
     raise ValueError(
-        "layerwise_decay != 1 but no parameter name is recognised as a layer "
-        f"of a layer stack ({_first_names(names)}); every ratio would stay 1. "
-        "Pass set_param_lr_fun=lambda decay_rate, n_layers, name: ... that "
-        "returns each parameter's ratio (and n_layers=...). See "
-        "optax_adamwdl.param_names for the names it receives.")
+      "layerwise_decay != 1 but no parameter name is recognised as a layer "
+      f"of a layer stack ({_first_names(names)}); every ratio would stay 1. "
+      "Pass set_param_lr_fun=lambda decay_rate, n_layers, name: ... that "
+      "returns each parameter's ratio (and n_layers=...). See "
+      "optax_adamwdl.param_names for the names it receives."
+    )
   if given is not None and given < found:
-    deepest = max(
-        (n for n in names if isinstance(layer_id(n), int)), key=layer_id)
+    deepest = max((n for n in names if isinstance(layer_id(n), int)), key=layer_id)
     raise ValueError(
-        f"n_layers={given} but parameter {deepest!r} is in layer "
-        f"{layer_id(deepest)}, so n_layers must be at least {found} (or None "
-        "to infer it); a smaller value would give ratios above 1.")
+      f"n_layers={given} but parameter {deepest!r} is in layer "
+      f"{layer_id(deepest)}, so n_layers must be at least {found} (or None "
+      "to infer it); a smaller value would give ratios above 1."
+    )
   return found if given is None else given
 
 
@@ -61,20 +63,22 @@ def _checked_ratio(ratio: Any, name: str) -> float:
     number = None
   if number is None:
     raise TypeError(
-        f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
-        "learning-rate ratio must be a number.")
+      f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
+      "learning-rate ratio must be a number."
+    )
   if not math.isfinite(number) or number < 0:
     raise ValueError(
-        f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
-        "learning-rate ratio must be finite and >= 0.")
+      f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a "
+      "learning-rate ratio must be finite and >= 0."
+    )
   return float(number)
 
 
 def leaf_ratios(
-    names: Sequence[str],
-    layerwise_decay: jax.typing.ArrayLike,
-    n_layers: Optional[int] = None,
-    set_param_lr_fun: Optional[SetParamLrFun] = None,
+  names: Sequence[str],
+  layerwise_decay: jax.typing.ArrayLike,
+  n_layers: int | None = None,
+  set_param_lr_fun: SetParamLrFun | None = None,
 ) -> list[Any]:
   """Returns each named parameter's learning-rate ratio.
 
@@ -102,17 +106,18 @@ def leaf_ratios(
   ratios = [_checked_ratio(r, n) for r, n in zip(ratios, names)]
   if decay != 1.0 and names and all(r == 1.0 for r in ratios):
     raise ValueError(
-        f"layerwise_decay={decay} but set_param_lr_fun gave every parameter "
-        f"ratio 1.0 ({_first_names(names)}); check the names it matches "
-        "against optax_adamwdl.param_names(params).")
+      f"layerwise_decay={decay} but set_param_lr_fun gave every parameter "
+      f"ratio 1.0 ({_first_names(names)}); check the names it matches "
+      "against optax_adamwdl.param_names(params)."
+    )
   return ratios
 
 
 def lr_ratios(
-    params: Any,
-    layerwise_decay: float,
-    n_layers: Optional[int] = None,
-    set_param_lr_fun: Optional[SetParamLrFun] = None,
+  params: Any,
+  layerwise_decay: float,
+  n_layers: int | None = None,
+  set_param_lr_fun: SetParamLrFun | None = None,
 ) -> Any:
   """Returns ``params`` with each leaf replaced by its learning-rate ratio.
 
@@ -147,9 +152,9 @@ def _scale(update: jax.Array, ratio: Any) -> jax.Array:
 
 
 def scale_by_layerwise_lr(
-    layerwise_decay: jax.typing.ArrayLike = 1.0,
-    n_layers: Optional[int] = None,
-    set_param_lr_fun: Optional[SetParamLrFun] = None,
+  layerwise_decay: jax.typing.ArrayLike = 1.0,
+  n_layers: int | None = None,
+  set_param_lr_fun: SetParamLrFun | None = None,
 ) -> optax.GradientTransformation:
   """Scales each update by its parameter's layer-wise learning-rate ratio.
 
@@ -183,8 +188,9 @@ def scale_by_layerwise_lr(
   _checks.check_n_layers(n_layers)
   if set_param_lr_fun is not None and not callable(set_param_lr_fun):
     raise TypeError(
-        "set_param_lr_fun must be a callable (decay_rate, n_layers, name) -> "
-        f"ratio, got {set_param_lr_fun!r}.")
+      "set_param_lr_fun must be a callable (decay_rate, n_layers, name) -> "
+      f"ratio, got {set_param_lr_fun!r}."
+    )
 
   def ratios_for(tree):
     return leaf_ratios(leaf_names(tree), layerwise_decay, n_layers, set_param_lr_fun)

@@ -1,6 +1,6 @@
 """A per-layer table of learning-rate ratios, for reading and printing."""
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -26,16 +26,14 @@ class LrTable(NamedTuple):
 
   def __str__(self) -> str:
     header = ("layer", "lr ratio", "params", "tensors")
-    body = [
-        (r.layer, f"{r.ratio:.6g}", f"{r.n_params:,}", str(r.n_tensors)) for r in self.rows
-    ]
+    body = [(r.layer, f"{r.ratio:.6g}", f"{r.n_params:,}", str(r.n_tensors)) for r in self.rows]
     total = sum(r.n_params for r in self.rows)
     body.append(("total", "", f"{total:,}", str(sum(r.n_tensors for r in self.rows))))
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
 
     def line(cells):
       return "  ".join(
-          c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
       )
 
     rule = "  ".join("-" * w for w in widths)
@@ -53,10 +51,10 @@ def _order(layer) -> tuple[int, int]:
 
 
 def lr_table(
-    params: Any,
-    layerwise_decay: float,
-    n_layers: Optional[int] = None,
-    set_param_lr_fun: Optional[SetParamLrFun] = None,
+  params: Any,
+  layerwise_decay: float,
+  n_layers: int | None = None,
+  set_param_lr_fun: SetParamLrFun | None = None,
 ) -> LrTable:
   """Returns the per-layer table of ratios and parameter counts.
 
@@ -97,12 +95,12 @@ def lr_table(
     counts[1] += 1
   keys = sorted(groups, key=lambda k: (_order(k[0]), k[1]))
   rows = tuple(
-      LrTableRow(
-          layer="other" if layer is None else str(layer),
-          ratio=ratio,
-          n_params=groups[layer, ratio][0],
-          n_tensors=groups[layer, ratio][1],
-      )
-      for layer, ratio in keys
+    LrTableRow(
+      layer="other" if layer is None else str(layer),
+      ratio=ratio,
+      n_params=groups[layer, ratio][0],
+      n_tensors=groups[layer, ratio][1],
+    )
+    for layer, ratio in keys
   )
   return LrTable(rows)

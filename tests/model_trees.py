@@ -30,21 +30,25 @@ def _expected_from(params, classify):
 
 def hf_bert(n):
   layer = lambda: {  # noqa: E731
-      "attention": {"self": {"query": {"kernel": _w(H, H)}, "key": {"kernel": _w(H, H)}},
-                    "output": {"dense": {"kernel": _w(H, H)}, "LayerNorm": {"scale": _w()}}},
-      "intermediate": {"dense": {"kernel": _w(H, 2 * H), "bias": _w(2 * H)}},
-      "output": {"dense": {"kernel": _w(2 * H, H)}, "LayerNorm": {"scale": _w(), "bias": _w()}},
+    "attention": {
+      "self": {"query": {"kernel": _w(H, H)}, "key": {"kernel": _w(H, H)}},
+      "output": {"dense": {"kernel": _w(H, H)}, "LayerNorm": {"scale": _w()}},
+    },
+    "intermediate": {"dense": {"kernel": _w(H, 2 * H), "bias": _w(2 * H)}},
+    "output": {"dense": {"kernel": _w(2 * H, H)}, "LayerNorm": {"scale": _w(), "bias": _w()}},
   }
   params = {
-      "bert": {
-          "embeddings": {"word_embeddings": {"embedding": _w(10, H)},
-                         "position_embeddings": {"embedding": _w(8, H)},
-                         "token_type_embeddings": {"embedding": _w(2, H)},
-                         "LayerNorm": {"scale": _w(), "bias": _w()}},
-          "encoder": {"layer": {str(i): layer() for i in range(n)}},
-          "pooler": {"dense": {"kernel": _w(H, H), "bias": _w()}},
+    "bert": {
+      "embeddings": {
+        "word_embeddings": {"embedding": _w(10, H)},
+        "position_embeddings": {"embedding": _w(8, H)},
+        "token_type_embeddings": {"embedding": _w(2, H)},
+        "LayerNorm": {"scale": _w(), "bias": _w()},
       },
-      "classifier": {"kernel": _w(H, 2), "bias": _w(2)},
+      "encoder": {"layer": {str(i): layer() for i in range(n)}},
+      "pooler": {"dense": {"kernel": _w(H, H), "bias": _w()}},
+    },
+    "classifier": {"kernel": _w(H, 2), "bias": _w(2)},
   }
 
   def classify(name):
@@ -59,16 +63,19 @@ def hf_bert(n):
 
 def gpt2(n):
   block = lambda: {  # noqa: E731
-      "ln_1": {"scale": _w(), "bias": _w()},
-      "attn": {"c_attn": {"kernel": _w(H, 3 * H)}, "c_proj": {"kernel": _w(H, H)}},
-      "ln_2": {"scale": _w()},
-      "mlp": {"c_fc": {"kernel": _w(H, 4 * H)}, "c_proj": {"kernel": _w(4 * H, H)}},
+    "ln_1": {"scale": _w(), "bias": _w()},
+    "attn": {"c_attn": {"kernel": _w(H, 3 * H)}, "c_proj": {"kernel": _w(H, H)}},
+    "ln_2": {"scale": _w()},
+    "mlp": {"c_fc": {"kernel": _w(H, 4 * H)}, "c_proj": {"kernel": _w(4 * H, H)}},
   }
-  params = {"transformer": {
-      "wte": {"embedding": _w(10, H)}, "wpe": {"embedding": _w(8, H)},
+  params = {
+    "transformer": {
+      "wte": {"embedding": _w(10, H)},
+      "wpe": {"embedding": _w(8, H)},
       "h": {str(i): block() for i in range(n)},
       "ln_f": {"scale": _w(), "bias": _w()},
-  }}
+    }
+  }
 
   def classify(name):
     part = name.split(".")[1]
@@ -81,15 +88,18 @@ def gpt2(n):
 
 def llama(n):
   layer = lambda: {  # noqa: E731
-      "self_attn": {p: {"kernel": _w(H, H)} for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
-      "mlp": {p: {"kernel": _w(H, H)} for p in ("gate_proj", "up_proj", "down_proj")},
-      "input_layernorm": {"weight": _w()}, "post_attention_layernorm": {"weight": _w()},
+    "self_attn": {p: {"kernel": _w(H, H)} for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+    "mlp": {p: {"kernel": _w(H, H)} for p in ("gate_proj", "up_proj", "down_proj")},
+    "input_layernorm": {"weight": _w()},
+    "post_attention_layernorm": {"weight": _w()},
   }
   params = {
-      "model": {"embed_tokens": {"embedding": _w(10, H)},
-                "layers": {str(i): layer() for i in range(n)},
-                "norm": {"weight": _w()}},
-      "lm_head": {"kernel": _w(H, 10)},
+    "model": {
+      "embed_tokens": {"embedding": _w(10, H)},
+      "layers": {str(i): layer() for i in range(n)},
+      "norm": {"weight": _w()},
+    },
+    "lm_head": {"kernel": _w(H, 10)},
   }
 
   def classify(name):
@@ -102,20 +112,31 @@ def llama(n):
 
 
 def t5(n):
-  block = lambda: {"layer": {  # noqa: E731
-      "0": {"SelfAttention": {p: {"kernel": _w(H, H)} for p in "qkvo"},
-            "layer_norm": {"weight": _w()}},
-      "1": {"DenseReluDense": {"wi": {"kernel": _w(H, 2 * H)}, "wo": {"kernel": _w(2 * H, H)}},
-            "layer_norm": {"weight": _w()}},
-  }}
-  stack = lambda: {  # noqa: E731
-      "block": {str(i): block() for i in range(n)},
-      "final_layer_norm": {"weight": _w()},
+  block = lambda: {
+    "layer": {  # noqa: E731
+      "0": {
+        "SelfAttention": {p: {"kernel": _w(H, H)} for p in "qkvo"},
+        "layer_norm": {"weight": _w()},
+      },
+      "1": {
+        "DenseReluDense": {"wi": {"kernel": _w(H, 2 * H)}, "wo": {"kernel": _w(2 * H, H)}},
+        "layer_norm": {"weight": _w()},
+      },
+    }
   }
-  params = {"shared": {"embedding": _w(10, H)}, "encoder": stack(), "decoder": stack(),
-            "lm_head": {"kernel": _w(H, 10)}}
+  stack = lambda: {  # noqa: E731
+    "block": {str(i): block() for i in range(n)},
+    "final_layer_norm": {"weight": _w()},
+  }
+  params = {
+    "shared": {"embedding": _w(10, H)},
+    "encoder": stack(),
+    "decoder": stack(),
+    "lm_head": {"kernel": _w(H, 10)},
+  }
   params["encoder"]["block"]["0"]["layer"]["0"]["SelfAttention"]["relative_attention_bias"] = {
-      "embedding": _w(8, 2)}
+    "embedding": _w(8, 2)
+  }
 
   def classify(name):
     parts = name.split(".")
@@ -127,11 +148,21 @@ def t5(n):
 
 
 def timm_vit(n):
-  names = {"cls_token": (1, 1, H), "pos_embed": (1, 5, H), "patch_embed.proj.weight": (H, 3, 2, 2),
-           "patch_embed.proj.bias": (H,)}
+  names = {
+    "cls_token": (1, 1, H),
+    "pos_embed": (1, 5, H),
+    "patch_embed.proj.weight": (H, 3, 2, 2),
+    "patch_embed.proj.bias": (H,),
+  }
   for i in range(n):
-    for p in ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight",
-              "mlp.fc1.weight", "mlp.fc2.weight"):
+    for p in (
+      "norm1.weight",
+      "attn.qkv.weight",
+      "attn.proj.weight",
+      "norm2.weight",
+      "mlp.fc1.weight",
+      "mlp.fc2.weight",
+    ):
       names[f"blocks.{i}.{p}"] = (H, H)
   names.update({"norm.weight": (H,), "norm.bias": (H,), "head.weight": (2, H), "head.bias": (2,)})
   params = {k: np.zeros(s, np.float32) for k, s in names.items()}
@@ -170,7 +201,8 @@ class _BigVisionViT(nn.Module):
     cls = self.param("cls", nn.initializers.zeros, (1, 1, H))
     x = jnp.concatenate([jnp.tile(cls, (x.shape[0], 1, 1)), x], axis=1)
     return _BigVisionEncoder(self.depth, name="Transformer")(x)[:, 0] @ self.param(
-        "head", nn.initializers.zeros, (H, 2))
+      "head", nn.initializers.zeros, (H, 2)
+    )
 
 
 class _BigVisionEncoder(nn.Module):
@@ -185,8 +217,9 @@ class _BigVisionEncoder(nn.Module):
 
 
 def big_vision_vit(n):
-  params = jax.eval_shape(
-      _BigVisionViT(n).init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))["params"]
+  params = jax.eval_shape(_BigVisionViT(n).init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))[
+    "params"
+  ]
 
   def classify(name):
     if name in ("embedding.kernel", "embedding.bias", "cls", "Transformer.pos_embedding"):
@@ -262,8 +295,9 @@ def linen_compact(n):
 
 
 def nnx_list(n):
-  model = nnx.eval_shape(lambda: TransformerEncoder(10, 8, 2, dim=H, heads=2, n_layers=n,
-                                                    rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: TransformerEncoder(10, 8, 2, dim=H, heads=2, n_layers=n, rngs=nnx.Rngs(0))
+  )
   params = nnx.state(model, nnx.Param)
 
   def classify(name):
@@ -288,14 +322,14 @@ def paddle_bert(n):
 
 
 FAMILIES = {
-    "paddle_bert": paddle_bert,
-    "hf_bert": hf_bert,
-    "gpt2": gpt2,
-    "llama": llama,
-    "t5": t5,
-    "timm_vit": timm_vit,
-    "big_vision_vit": big_vision_vit,
-    "linen_setup_list": linen_setup_list,
-    "linen_compact": linen_compact,
-    "nnx_list": nnx_list,
+  "paddle_bert": paddle_bert,
+  "hf_bert": hf_bert,
+  "gpt2": gpt2,
+  "llama": llama,
+  "t5": t5,
+  "timm_vit": timm_vit,
+  "big_vision_vit": big_vision_vit,
+  "linen_setup_list": linen_setup_list,
+  "linen_compact": linen_compact,
+  "nnx_list": nnx_list,
 }

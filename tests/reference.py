@@ -22,11 +22,11 @@ def bert_paddle_names(n_layers: int) -> dict[str, tuple[int, ...]]:
   """A BERT-like model's Paddle parameter names and (small) shapes."""
   h = 8
   shapes = {
-      "embeddings.word_embeddings.weight": (30, h),
-      "embeddings.position_embeddings.weight": (16, h),
-      "embeddings.token_type_embeddings.weight": (2, h),
-      "embeddings.layer_norm.weight": (h,),
-      "embeddings.layer_norm.bias": (h,),
+    "embeddings.word_embeddings.weight": (30, h),
+    "embeddings.position_embeddings.weight": (16, h),
+    "embeddings.token_type_embeddings.weight": (2, h),
+    "embeddings.layer_norm.weight": (h,),
+    "embeddings.layer_norm.bias": (h,),
   }
   for i in range(n_layers):
     p = f"encoder.layers.{i}."

@@ -21,8 +21,9 @@ STEPS = 6
 def _problem(shapes, seed=0):
   rng = np.random.default_rng(seed)
   init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-  grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-           for _ in range(STEPS)]
+  grads = [
+    {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(STEPS)
+  ]
   return init, grads
 
 
@@ -50,13 +51,28 @@ def test_matches_numpy_restatement(jit, grad_scale):
   init, grads = _problem(shapes)
   grads = jax.tree.map(lambda g: grad_scale * g, grads)
   schedule = optax.linear_schedule(3e-2, 1e-2, STEPS)
-  tx = adamwdl(schedule, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.7,
-               apply_decay_param_fun=reference.paddle_no_decay)
+  tx = adamwdl(
+    schedule,
+    0.8,
+    0.95,
+    1e-6,
+    0.1,
+    layerwise_decay=0.7,
+    apply_decay_param_fun=reference.paddle_no_decay,
+  )
   ours, _ = _run(tx, init, grads, jit)
   ref = reference.numpy_adamwdl(
-      init, lambda p, t: grads[t - 1], STEPS, lr=lambda t: float(schedule(t)), b1=0.8, b2=0.95,
-      eps=1e-6, wd=0.1, ratios={k: reference.paddle_layerwise_lr_decay(0.7, 3, k) for k in init},
-      decay_mask={k: reference.paddle_no_decay(k) for k in init})
+    init,
+    lambda p, t: grads[t - 1],
+    STEPS,
+    lr=lambda t: float(schedule(t)),
+    b1=0.8,
+    b2=0.95,
+    eps=1e-6,
+    wd=0.1,
+    ratios={k: reference.paddle_layerwise_lr_decay(0.7, 3, k) for k in init},
+    decay_mask={k: reference.paddle_no_decay(k) for k in init},
+  )
   _assert_matches_reference(ours, ref, init)
 
 
@@ -72,17 +88,27 @@ def test_decay_one_is_bitwise_optax_adamw_with_the_same_mask():
 def test_mask_and_apply_decay_param_fun_agree():
   shapes = reference.bert_paddle_names(2)
   init, grads = _problem(shapes, seed=2)
-  by_name = adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8,
-                    apply_decay_param_fun=reference.paddle_no_decay)
-  by_tree = adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8,
-                    mask={k: reference.paddle_no_decay(k) for k in shapes})
-  by_fn = adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8,
-                  mask=lambda p: {k: reference.paddle_no_decay(k) for k in p})
+  by_name = adamwdl(
+    1e-2, weight_decay=0.3, layerwise_decay=0.8, apply_decay_param_fun=reference.paddle_no_decay
+  )
+  by_tree = adamwdl(
+    1e-2,
+    weight_decay=0.3,
+    layerwise_decay=0.8,
+    mask={k: reference.paddle_no_decay(k) for k in shapes},
+  )
+  by_fn = adamwdl(
+    1e-2,
+    weight_decay=0.3,
+    layerwise_decay=0.8,
+    mask=lambda p: {k: reference.paddle_no_decay(k) for k in p},
+  )
   chex.assert_trees_all_equal(_run(by_name, init, grads)[0], _run(by_tree, init, grads)[0])
   chex.assert_trees_all_equal(_run(by_name, init, grads)[0], _run(by_fn, init, grads)[0])
   everything = _run(adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8), init, grads)[0]
-  assert not np.allclose(everything["classifier.bias"], _run(by_name, init, grads)[0][
-      "classifier.bias"])
+  assert not np.allclose(
+    everything["classifier.bias"], _run(by_name, init, grads)[0]["classifier.bias"]
+  )
 
 
 def test_weight_decay_schedule():
@@ -125,8 +151,11 @@ def test_grad_clip_is_applied_to_raw_gradients_first():
   init, grads = _problem(shapes, seed=5)
   grads = jax.tree.map(lambda g: 100 * g, grads)
   clipped = [optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())[0] for g in grads]
-  with_clip = _run(adamwdl(1e-2, layerwise_decay=0.5, grad_clip=optax.clip_by_global_norm(1.0),
-                           eps=1e-1), init, grads)[0]
+  with_clip = _run(
+    adamwdl(1e-2, layerwise_decay=0.5, grad_clip=optax.clip_by_global_norm(1.0), eps=1e-1),
+    init,
+    grads,
+  )[0]
   pre_clipped = _run(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, clipped)[0]
   chex.assert_trees_all_close(with_clip, pre_clipped, rtol=1e-6)
   unclipped = _run(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, grads)[0]
@@ -137,24 +166,41 @@ def test_grad_clip_is_applied_to_raw_gradients_first():
 
 
 def test_inject_hyperparams_exposes_and_changes_all_six():
-  shapes = {"embeddings.w": (3,), "encoder.layers.0.w": (3,), "encoder.layers.1.w": (3,),
-            "classifier.w": (2,)}
+  shapes = {
+    "embeddings.w": (3,),
+    "encoder.layers.0.w": (3,),
+    "encoder.layers.1.w": (3,),
+    "classifier.w": (2,),
+  }
   init, grads = _problem(shapes, seed=6)
   tx = optax.inject_hyperparams(adamwdl)(
-      learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, layerwise_decay=0.8)
+    learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, layerwise_decay=0.8
+  )
   params = jax.tree.map(jnp.asarray, init)
   state = tx.init(params)
   assert set(state.hyperparams) == {
-      "learning_rate", "b1", "b2", "eps", "weight_decay", "layerwise_decay"}
+    "learning_rate",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+    "layerwise_decay",
+  }
   update = jax.jit(tx.update)
-  hyper = [dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, decay=0.8),
-           dict(learning_rate=3e-2, b1=0.5, b2=0.9, eps=1e-3, weight_decay=0.4, decay=0.3)]
+  hyper = [
+    dict(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, decay=0.8),
+    dict(learning_rate=3e-2, b1=0.5, b2=0.9, eps=1e-3, weight_decay=0.4, decay=0.3),
+  ]
   for t, g in enumerate(grads[:2]):
     h = hyper[t]
     state.hyperparams.update(
-        learning_rate=jnp.float32(h["learning_rate"]), b1=jnp.float32(h["b1"]),
-        b2=jnp.float32(h["b2"]), eps=jnp.float32(h["eps"]),
-        weight_decay=jnp.float32(h["weight_decay"]), layerwise_decay=jnp.float32(h["decay"]))
+      learning_rate=jnp.float32(h["learning_rate"]),
+      b1=jnp.float32(h["b1"]),
+      b2=jnp.float32(h["b2"]),
+      eps=jnp.float32(h["eps"]),
+      weight_decay=jnp.float32(h["weight_decay"]),
+      layerwise_decay=jnp.float32(h["decay"]),
+    )
     updates, state = update(g, state, params)
     params = optax.apply_updates(params, updates)
 
@@ -164,8 +210,12 @@ def test_inject_hyperparams_exposes_and_changes_all_six():
   v = {k: 0.0 for k in p}
   for t, h in enumerate(hyper, start=1):
     d = h["decay"]
-    ratios = {"embeddings.w": d**3, "encoder.layers.0.w": d**2, "encoder.layers.1.w": d,
-              "classifier.w": 1.0}
+    ratios = {
+      "embeddings.w": d**3,
+      "encoder.layers.0.w": d**2,
+      "encoder.layers.1.w": d,
+      "classifier.w": 1.0,
+    }
     for k in p:
       g = grads[t - 1][k]
       m[k] = h["b1"] * m[k] + (1 - h["b1"]) * g
@@ -178,9 +228,13 @@ def test_inject_hyperparams_exposes_and_changes_all_six():
 
 def test_inject_hyperparams_with_a_rule_and_mask_in_static_args():
   tx = optax.inject_hyperparams(adamwdl, static_args=("set_param_lr_fun", "apply_decay_param_fun"))(
-      learning_rate=0.1, weight_decay=0.0, layerwise_decay=0.5, n_layers=2,
-      set_param_lr_fun=lambda d, n, name: d if name == "a" else 1.0,
-      apply_decay_param_fun=lambda name: True)
+    learning_rate=0.1,
+    weight_decay=0.0,
+    layerwise_decay=0.5,
+    n_layers=2,
+    set_param_lr_fun=lambda d, n, name: d if name == "a" else 1.0,
+    apply_decay_param_fun=lambda name: True,
+  )
   params = {"a": jnp.ones(2), "b": jnp.ones(2)}
   state = tx.init(params)
   updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
@@ -195,25 +249,27 @@ def test_inject_hyperparams_with_a_rule_and_mask_in_static_args():
 def trees(draw):
   n_layers = draw(st.integers(1, 5))
   names = ["embeddings.word.weight"]
-  names += [f"encoder.layers.{i}.w{j}" for i in range(n_layers)
-            for j in range(draw(st.integers(1, 2)))]
-  names += draw(st.lists(st.sampled_from(["pooler.w", "classifier.w", "norm.bias"]),
-                         unique=True, max_size=3))
+  names += [
+    f"encoder.layers.{i}.w{j}" for i in range(n_layers) for j in range(draw(st.integers(1, 2)))
+  ]
+  names += draw(
+    st.lists(st.sampled_from(["pooler.w", "classifier.w", "norm.bias"]), unique=True, max_size=3)
+  )
   shapes = {n: draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=3)) for n in names}
   return shapes, n_layers
 
 
 @settings(max_examples=25, deadline=None)
 @given(
-    tree=trees(),
-    lr=st.floats(1e-4, 1e-1),
-    b1=st.floats(0.0, 0.99),
-    b2=st.floats(0.5, 0.9999),
-    eps=st.floats(1e-8, 1e-2),
-    wd=st.floats(0.0, 0.5),
-    decay=st.floats(0.3, 1.2),
-    extra_depth=st.integers(0, 3),
-    seed=st.integers(0, 2**16),
+  tree=trees(),
+  lr=st.floats(1e-4, 1e-1),
+  b1=st.floats(0.0, 0.99),
+  b2=st.floats(0.5, 0.9999),
+  eps=st.floats(1e-8, 1e-2),
+  wd=st.floats(0.0, 0.5),
+  decay=st.floats(0.3, 1.2),
+  extra_depth=st.integers(0, 3),
+  seed=st.integers(0, 2**16),
 )
 def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, extra_depth, seed):
   shapes, depth = tree
@@ -223,8 +279,18 @@ def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, ext
   tx = adamwdl(lr, b1, b2, eps, wd, layerwise_decay=decay, n_layers=n_layers, mask=mask)
   ours, _ = _run(tx, init, grads)
   ratios = {k: reference.paddle_layerwise_lr_decay(decay, n_layers, k) for k in shapes}
-  ref = reference.numpy_adamwdl(init, lambda p, t: grads[t - 1], STEPS, lr=lr, b1=b1, b2=b2,
-                                eps=eps, wd=wd, ratios=ratios, decay_mask=mask)
+  ref = reference.numpy_adamwdl(
+    init,
+    lambda p, t: grads[t - 1],
+    STEPS,
+    lr=lr,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    wd=wd,
+    ratios=ratios,
+    decay_mask=mask,
+  )
   _assert_matches_reference(ours, ref, init)
 
 
@@ -232,21 +298,21 @@ def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, ext
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(b1=1.0), r"b1 must be finite and in \[0.0, 1.0\), got 1.0"),
-        (dict(b1=-0.1), r"b1 must be finite and in \[0.0, 1.0\), got -0.1"),
-        (dict(b2=1.5), r"b2 must be finite and in \[0.0, 1.0\), got 1.5"),
-        (dict(b2=math.nan), r"b2 must be finite"),
-        (dict(eps=-1e-8), r"eps must be finite and in \[0.0, inf\], got -1e-08"),
-        (dict(weight_decay=math.inf), r"weight_decay must be finite.*got inf"),
-        (dict(learning_rate=-1e-3), r"learning_rate must be finite and in \[0.0, inf\]"),
-        (dict(learning_rate=math.nan), r"learning_rate must be finite"),
-        (dict(layerwise_decay=0.0), r"layerwise_decay must be finite and in \(0.0, inf\]"),
-        (dict(layerwise_decay=math.inf), r"layerwise_decay must be finite"),
-        (dict(b1=np.array([1.2], np.float32)), r"b1 must be finite and in \[0.0, 1.0\)"),
-        (dict(mask={}, apply_decay_param_fun=lambda n: True), r"mask .* or apply_decay_param_fun"),
-    ],
+  "kwargs, message",
+  [
+    (dict(b1=1.0), r"b1 must be finite and in \[0.0, 1.0\), got 1.0"),
+    (dict(b1=-0.1), r"b1 must be finite and in \[0.0, 1.0\), got -0.1"),
+    (dict(b2=1.5), r"b2 must be finite and in \[0.0, 1.0\), got 1.5"),
+    (dict(b2=math.nan), r"b2 must be finite"),
+    (dict(eps=-1e-8), r"eps must be finite and in \[0.0, inf\], got -1e-08"),
+    (dict(weight_decay=math.inf), r"weight_decay must be finite.*got inf"),
+    (dict(learning_rate=-1e-3), r"learning_rate must be finite and in \[0.0, inf\]"),
+    (dict(learning_rate=math.nan), r"learning_rate must be finite"),
+    (dict(layerwise_decay=0.0), r"layerwise_decay must be finite and in \(0.0, inf\]"),
+    (dict(layerwise_decay=math.inf), r"layerwise_decay must be finite"),
+    (dict(b1=np.array([1.2], np.float32)), r"b1 must be finite and in \[0.0, 1.0\)"),
+    (dict(mask={}, apply_decay_param_fun=lambda n: True), r"mask .* or apply_decay_param_fun"),
+  ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -254,13 +320,13 @@ def test_bad_arguments_raise_value_error(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(b1="0.9"), r"b1 must be a number or a 0-d array, got '0.9'"),
-        (dict(eps=None), r"eps must be a number"),
-        (dict(grad_clip=1.0), r"grad_clip must be an optax.GradientTransformation"),
-        (dict(apply_decay_param_fun=True), r"apply_decay_param_fun must be a callable"),
-    ],
+  "kwargs, message",
+  [
+    (dict(b1="0.9"), r"b1 must be a number or a 0-d array, got '0.9'"),
+    (dict(eps=None), r"eps must be a number"),
+    (dict(grad_clip=1.0), r"grad_clip must be an optax.GradientTransformation"),
+    (dict(apply_decay_param_fun=True), r"apply_decay_param_fun must be a callable"),
+  ],
 )
 def test_bad_argument_types_raise_type_error(kwargs, message):
   with pytest.raises(TypeError, match=message):

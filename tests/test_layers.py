@@ -36,47 +36,48 @@ def test_ratio_ladder_per_family(family):
 def test_exactly_paddles_ratios_on_paddle_names(n_layers, decay):
   for name in reference.bert_paddle_names(n_layers):
     assert layerwise_lr_decay(decay, n_layers, name) == reference.paddle_layerwise_lr_decay(
-        decay, n_layers, name), name
+      decay, n_layers, name
+    ), name
 
 
 @pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("ernie.encoder.layers.11.self_attn.q_proj.weight", 11),
-        ("roberta.encoder.layer.3.output.dense.kernel", 3),
-        ("transformer.h.0.attn.c_attn.kernel", 0),
-        ("model.layers.31.mlp.gate_proj.kernel", 31),
-        ("encoder.block.2.layer.1.DenseReluDense.wi.kernel", 2),
-        ("decoder.block.5.layer.0.SelfAttention.q.kernel", 5),
-        ("blocks.7.attn.qkv.weight", 7),
-        ("visual.transformer.resblocks.4.attn.in_proj_weight", 4),
-        ("Transformer.encoderblock_9.MlpBlock_0.Dense_1.kernel", 9),
-        ("decoder.decoderblock_1.MlpBlock_0.Dense_0.kernel", 1),
-        ("layers_2.Dense_0.kernel", 2),
-        ("TransformerBlock_6.attention.kernel", 6),
-        ("EncoderLayer_10.ffn.kernel", 10),
-        # Scanned layers carry no index; the stacked leaf is not one layer.
-        ("Transformer.encoderblock.MlpBlock_0.Dense_0.kernel", None),
-        ("Dense_0.kernel", None),
-        ("LayerNorm_0.scale", None),
-        ("final_layer_norm.weight", None),
-        ("embeddings.word_embeddings.weight", "embedding"),
-        ("model.embed_tokens.embedding", "embedding"),
-        ("tok_embeddings.weight", "embedding"),
-        ("transformer.wte.embedding", "embedding"),
-        ("transformer.wpe.embedding", "embedding"),
-        ("shared.embedding", "embedding"),
-        ("pos_embed", "embedding"),
-        ("patch_embed.proj.weight", "embedding"),
-        ("cls_token", "embedding"),
-        ("Transformer.pos_embedding", "embedding"),
-        ("cls", "embedding"),
-        ("Embed_0.embedding", "embedding"),
-        ("unembed.W_U", None),
-        ("gpt_neox.embed_out.kernel", None),
-        ("lm_head.kernel", None),
-        ("pooler.dense.weight", None),
-    ],
+  "name, expected",
+  [
+    ("ernie.encoder.layers.11.self_attn.q_proj.weight", 11),
+    ("roberta.encoder.layer.3.output.dense.kernel", 3),
+    ("transformer.h.0.attn.c_attn.kernel", 0),
+    ("model.layers.31.mlp.gate_proj.kernel", 31),
+    ("encoder.block.2.layer.1.DenseReluDense.wi.kernel", 2),
+    ("decoder.block.5.layer.0.SelfAttention.q.kernel", 5),
+    ("blocks.7.attn.qkv.weight", 7),
+    ("visual.transformer.resblocks.4.attn.in_proj_weight", 4),
+    ("Transformer.encoderblock_9.MlpBlock_0.Dense_1.kernel", 9),
+    ("decoder.decoderblock_1.MlpBlock_0.Dense_0.kernel", 1),
+    ("layers_2.Dense_0.kernel", 2),
+    ("TransformerBlock_6.attention.kernel", 6),
+    ("EncoderLayer_10.ffn.kernel", 10),
+    # Scanned layers carry no index; the stacked leaf is not one layer.
+    ("Transformer.encoderblock.MlpBlock_0.Dense_0.kernel", None),
+    ("Dense_0.kernel", None),
+    ("LayerNorm_0.scale", None),
+    ("final_layer_norm.weight", None),
+    ("embeddings.word_embeddings.weight", "embedding"),
+    ("model.embed_tokens.embedding", "embedding"),
+    ("tok_embeddings.weight", "embedding"),
+    ("transformer.wte.embedding", "embedding"),
+    ("transformer.wpe.embedding", "embedding"),
+    ("shared.embedding", "embedding"),
+    ("pos_embed", "embedding"),
+    ("patch_embed.proj.weight", "embedding"),
+    ("cls_token", "embedding"),
+    ("Transformer.pos_embedding", "embedding"),
+    ("cls", "embedding"),
+    ("Embed_0.embedding", "embedding"),
+    ("unembed.W_U", None),
+    ("gpt_neox.embed_out.kernel", None),
+    ("lm_head.kernel", None),
+    ("pooler.dense.weight", None),
+  ],
 )
 def test_layer_id_patterns(name, expected):
   assert layer_id(name) == expected

@@ -106,15 +106,21 @@ def test_bad_n_layers_is_refused(n_layers):
 
 def test_n_layers_below_a_found_layer_is_an_error():
   tx = scale_by_layerwise_lr(0.75, n_layers=3)
-  with pytest.raises(ValueError, match=r"n_layers=3 but parameter 'encoder.layers.3\..*' is in "
-                     r"layer 3, so n_layers must be at least 4"):
+  with pytest.raises(
+    ValueError,
+    match=r"n_layers=3 but parameter 'encoder.layers.3\..*' is in "
+    r"layer 3, so n_layers must be at least 4",
+  ):
     tx.init(_bert(4))
 
 
 def test_no_recognised_layer_is_an_error_naming_parameters():
   params = {"stem": {"conv": jnp.ones(2)}, "stages": [jnp.ones(2)], "fc": jnp.ones(2)}
-  with pytest.raises(ValueError, match=r"no parameter name is recognised as a layer.*"
-                     r"'fc', 'stages.0', 'stem.conv'.*set_param_lr_fun"):
+  with pytest.raises(
+    ValueError,
+    match=r"no parameter name is recognised as a layer.*"
+    r"'fc', 'stages.0', 'stem.conv'.*set_param_lr_fun",
+  ):
     scale_by_layerwise_lr(0.75).init(params)
 
 
@@ -124,19 +130,30 @@ def test_custom_rule_without_depth_needs_n_layers():
     scale_by_layerwise_lr(0.75, set_param_lr_fun=lambda d, n, name: 1.0).init(params)
   # With n_layers given, the same rule runs.
   scale_by_layerwise_lr(0.75, 2, set_param_lr_fun=lambda d, n, name: d ** (name == "stem")).init(
-      params)
+    params
+  )
 
 
 def test_custom_rule_that_changes_nothing_is_an_error():
-  with pytest.raises(ValueError, match=r"layerwise_decay=0.75 but set_param_lr_fun gave every "
-                     r"parameter ratio 1.0"):
+  with pytest.raises(
+    ValueError,
+    match=r"layerwise_decay=0.75 but set_param_lr_fun gave every "
+    r"parameter ratio 1.0",
+  ):
     scale_by_layerwise_lr(0.75, set_param_lr_fun=lambda d, n, name: 1.0).init(_bert())
 
 
 @pytest.mark.parametrize(
-    "bad, error",
-    [(-0.1, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("fast", TypeError),
-     (None, TypeError), ([0.5], TypeError), (True, TypeError)],
+  "bad, error",
+  [
+    (-0.1, ValueError),
+    (math.nan, ValueError),
+    (math.inf, ValueError),
+    ("fast", TypeError),
+    (None, TypeError),
+    ([0.5], TypeError),
+    (True, TypeError),
+  ],
 )
 def test_bad_ratio_from_rule_is_refused_at_init_with_the_name(bad, error):
   def rule(decay_rate, n_layers, name):

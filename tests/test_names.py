@@ -14,8 +14,9 @@ from optax_adamwdl.names import leaf_names, path_name
 def test_dict_list_and_tuple_paths_join_with_dots():
   tree = {"encoder": {"layers": [{"kernel": 1}, ({"bias": 2},)]}}
   assert param_names(tree) == {
-      "encoder": {"layers": [{"kernel": "encoder.layers.0.kernel"},
-                             ({"bias": "encoder.layers.1.0.bias"},)]}
+    "encoder": {
+      "layers": [{"kernel": "encoder.layers.0.kernel"}, ({"bias": "encoder.layers.1.0.bias"},)]
+    }
   }
 
 
@@ -46,11 +47,17 @@ def test_nnx_state_drops_the_value_suffix():
       self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(2)])
 
   state = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
-  raw_paths = [jax.tree_util.keystr(p, simple=True, separator=".")
-               for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  raw_paths = [
+    jax.tree_util.keystr(p, simple=True, separator=".")
+    for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+  ]
   assert raw_paths[0].endswith(".value")  # what the suffix rule is for
   assert leaf_names(state) == [
-      "layers.0.bias", "layers.0.kernel", "layers.1.bias", "layers.1.kernel"]
+    "layers.0.bias",
+    "layers.0.kernel",
+    "layers.1.bias",
+    "layers.1.kernel",
+  ]
 
 
 def test_a_parameter_called_value_keeps_its_name_when_not_last_attribute():

@@ -27,8 +27,7 @@ def _problem(shapes, seed=0):
   a = {k: rng.uniform(0.5, 2.0, size=s).astype(np.float32) for k, s in shapes.items()}
   b = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
   noise = [
-      {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-      for _ in range(STEPS)
+    {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(STEPS)
   ]
   return init, a, b, noise
 
@@ -42,13 +41,18 @@ def _run_paddle(init, a, b, noise, ratios, *, lr, b1, b2, eps, wd, apply_decay_p
       params[name] = paddle.create_parameter(list(value.shape), "float32", attr=attr)
       params[name].set_value(value)
   opt = paddle.optimizer.AdamW(
-      learning_rate=lr, beta1=b1, beta2=b2, epsilon=eps, weight_decay=wd,
-      parameters=list(params.values()), apply_decay_param_fun=apply_decay_param_fun,
+    learning_rate=lr,
+    beta1=b1,
+    beta2=b2,
+    epsilon=eps,
+    weight_decay=wd,
+    parameters=list(params.values()),
+    apply_decay_param_fun=apply_decay_param_fun,
   )
   for t in range(STEPS):
     loss = sum(
-        (0.5 * paddle.to_tensor(a[k]) * p * p - paddle.to_tensor(b[k] - noise[t][k]) * p).sum()
-        for k, p in params.items()
+      (0.5 * paddle.to_tensor(a[k]) * p * p - paddle.to_tensor(b[k] - noise[t][k]) * p).sum()
+      for k, p in params.items()
     )
     loss.backward()
     opt.step()
@@ -99,11 +103,17 @@ def test_matches_paddle_adamw_with_per_parameter_lr(n_layers, decay):
   assert len(set(ratios.values())) == 6  # embeddings, 4 layers, head
 
   theirs = _run_paddle(
-      init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper)
+    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper
+  )
   tx = adamwdl(
-      hyper["lr"], hyper["b1"], hyper["b2"], hyper["eps"], hyper["wd"],
-      layerwise_decay=decay, n_layers=n_layers,
-      apply_decay_param_fun=reference.paddle_no_decay,
+    hyper["lr"],
+    hyper["b1"],
+    hyper["b2"],
+    hyper["eps"],
+    hyper["wd"],
+    layerwise_decay=decay,
+    n_layers=n_layers,
+    apply_decay_param_fun=reference.paddle_no_decay,
   )
   ours = _run_ours(init, a, b, noise, tx)
   _assert_close_to_float32_rounding(ours, theirs, init)
@@ -116,10 +126,17 @@ def test_paddle_parity_would_catch_a_wrong_ladder():
   hyper = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
   ratios = {k: reference.paddle_layerwise_lr_decay(0.75, 4, k) for k in shapes}
   theirs = _run_paddle(
-      init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper)
+    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper
+  )
   off_by_one = adamwdl(
-      hyper["lr"], hyper["b1"], hyper["b2"], hyper["eps"], hyper["wd"],
-      layerwise_decay=0.75, n_layers=5, apply_decay_param_fun=reference.paddle_no_decay,
+    hyper["lr"],
+    hyper["b1"],
+    hyper["b2"],
+    hyper["eps"],
+    hyper["wd"],
+    layerwise_decay=0.75,
+    n_layers=5,
+    apply_decay_param_fun=reference.paddle_no_decay,
   )
   ours = _run_ours(init, a, b, noise, off_by_one)
   with pytest.raises(AssertionError):
