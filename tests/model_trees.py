@@ -29,7 +29,7 @@ def _expected_from(params, classify):
 
 
 def hf_bert(n):
-  layer = lambda: {  # noqa: E731
+  layer = lambda: {
     "attention": {
       "self": {"query": {"kernel": _w(H, H)}, "key": {"kernel": _w(H, H)}},
       "output": {"dense": {"kernel": _w(H, H)}, "LayerNorm": {"scale": _w()}},
@@ -62,7 +62,7 @@ def hf_bert(n):
 
 
 def gpt2(n):
-  block = lambda: {  # noqa: E731
+  block = lambda: {
     "ln_1": {"scale": _w(), "bias": _w()},
     "attn": {"c_attn": {"kernel": _w(H, 3 * H)}, "c_proj": {"kernel": _w(H, H)}},
     "ln_2": {"scale": _w()},
@@ -87,7 +87,7 @@ def gpt2(n):
 
 
 def llama(n):
-  layer = lambda: {  # noqa: E731
+  layer = lambda: {
     "self_attn": {p: {"kernel": _w(H, H)} for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
     "mlp": {p: {"kernel": _w(H, H)} for p in ("gate_proj", "up_proj", "down_proj")},
     "input_layernorm": {"weight": _w()},
@@ -113,7 +113,7 @@ def llama(n):
 
 def t5(n):
   block = lambda: {
-    "layer": {  # noqa: E731
+    "layer": {
       "0": {
         "SelfAttention": {p: {"kernel": _w(H, H)} for p in "qkvo"},
         "layer_norm": {"weight": _w()},
@@ -124,7 +124,7 @@ def t5(n):
       },
     }
   }
-  stack = lambda: {  # noqa: E731
+  stack = lambda: {
     "block": {str(i): block() for i in range(n)},
     "final_layer_norm": {"weight": _w()},
   }
