@@ -16,6 +16,9 @@ import numpy as np
 def concrete_number(name: str, value: Any) -> float | None:
   """Returns ``value`` as a Python number, or None when it is traced.
 
+  Hyperparameters are scalars: a Paddle-style shape-[1] tensor is refused, since
+  it would silently broadcast every scalar parameter and moment to shape (1,).
+
   Raises:
     TypeError: ``value`` is neither a real number nor a one-element array.
   """
@@ -29,7 +32,7 @@ def concrete_number(name: str, value: Any) -> float | None:
     array = np.asarray(value)
   except TypeError:
     array = None
-  if array is None or array.size != 1 or not np.issubdtype(array.dtype, np.number):
+  if array is None or array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
     raise TypeError(f"{name} must be a number or a 0-d array, got {value!r}.")
   return array.item()
 

@@ -8,8 +8,10 @@ import numpy as np
 import optax
 
 from optax_adamwdl import _checks
+from optax_adamwdl.lazy import update_nonzero_rows
 from optax_adamwdl.layerwise import SetParamLrFun, scale_by_layerwise_lr
 from optax_adamwdl.names import param_names
+from optax_adamwdl.precision import with_master_weights
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
@@ -106,15 +108,20 @@ def adamwdl(
       ``mask`` or this, not both.
     grad_clip: an optax transformation applied to the raw gradients first, such
       as ``optax.clip_by_global_norm(1.0)``.
-    lazy_mode: not yet available (see the "every Paddle argument" issue).
-    multi_precision: not yet available (see the "every Paddle argument" issue).
+    lazy_mode: rows (slices along axis 0) whose gradient is entirely zero keep
+      their values and moments this step; see
+      :func:`optax_adamwdl.update_nonzero_rows`.
+    multi_precision: keep a float32 master copy (and float32 moments) of every
+      bfloat16/float16 parameter; see :func:`optax_adamwdl.with_master_weights`.
     mu_dtype: dtype of the first moment, as in ``optax.adamw``.
 
   Returns:
     An ``optax.GradientTransformation``: the chain of ``grad_clip``,
     ``optax.scale_by_adam``, ``optax.add_decayed_weights``,
     :func:`optax_adamwdl.scale_by_layerwise_lr` and
-    ``optax.scale_by_learning_rate``.
+    ``optax.scale_by_learning_rate``, wrapped in
+    :func:`optax_adamwdl.update_nonzero_rows` (``lazy_mode``) and then
+    :func:`optax_adamwdl.with_master_weights` (``multi_precision``).
 
   Examples:
     >>> import jax.numpy as jnp

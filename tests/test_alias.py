@@ -310,7 +310,7 @@ def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, ext
     (dict(learning_rate=math.nan), r"learning_rate must be finite"),
     (dict(layerwise_decay=0.0), r"layerwise_decay must be finite and in \(0.0, inf\]"),
     (dict(layerwise_decay=math.inf), r"layerwise_decay must be finite"),
-    (dict(b1=np.array([1.2], np.float32)), r"b1 must be finite and in \[0.0, 1.0\)"),
+    (dict(b1=np.array(1.2, np.float32)), r"b1 must be finite and in \[0.0, 1.0\)"),
     (dict(mask={}, apply_decay_param_fun=lambda n: True), r"mask .* or apply_decay_param_fun"),
   ],
 )
@@ -324,6 +324,7 @@ def test_bad_arguments_raise_value_error(kwargs, message):
   [
     (dict(b1="0.9"), r"b1 must be a number or a 0-d array, got '0.9'"),
     (dict(eps=None), r"eps must be a number"),
+    (dict(b2=np.array([0.99])), r"b2 must be a number or a 0-d array"),
     (dict(grad_clip=1.0), r"grad_clip must be an optax.GradientTransformation"),
     (dict(apply_decay_param_fun=True), r"apply_decay_param_fun must be a callable"),
   ],
