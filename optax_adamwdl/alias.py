@@ -155,14 +155,15 @@ def adamwdl(
       "grad_clip must be an optax.GradientTransformation, such as "
       f"optax.clip_by_global_norm(1.0), got {grad_clip!r}."
     )
-  if lazy_mode:
-    raise NotImplementedError("lazy_mode=True (lazy Adam updates) is not available yet.")
-  if multi_precision:
-    raise NotImplementedError("multi_precision=True (float32 master weights) is not available yet.")
-  return optax.chain(
+  tx = optax.chain(
     grad_clip if grad_clip is not None else optax.identity(),
     optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
     optax.add_decayed_weights(weight_decay, mask),
     scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun),
     optax.scale_by_learning_rate(learning_rate),
   )
+  if lazy_mode:
+    tx = update_nonzero_rows(tx)
+  if multi_precision:
+    tx = with_master_weights(tx)
+  return tx

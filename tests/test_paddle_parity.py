@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_adamwdl import adamwdl
+from optax_adamwdl import adamwdl, clip_by_norm, clip_by_value
 from tests import reference
 
 paddle = pytest.importorskip("paddle")
@@ -32,7 +32,9 @@ def _problem(shapes, seed=0):
   return init, a, b, noise
 
 
-def _run_paddle(init, a, b, noise, ratios, *, lr, b1, b2, eps, wd, apply_decay_param_fun):
+def _run_paddle(
+  init, a, b, noise, ratios, *, lr, b1, b2, eps, wd, apply_decay_param_fun, grad_clip=None
+):
   paddle.set_device("cpu")
   params = {}
   with paddle.utils.unique_name.guard():  # Paddle refuses a parameter name twice per scope.
@@ -48,6 +50,7 @@ def _run_paddle(init, a, b, noise, ratios, *, lr, b1, b2, eps, wd, apply_decay_p
     weight_decay=wd,
     parameters=list(params.values()),
     apply_decay_param_fun=apply_decay_param_fun,
+    grad_clip=grad_clip,
   )
   for t in range(STEPS):
     loss = sum(
@@ -141,3 +144,55 @@ def test_paddle_parity_would_catch_a_wrong_ladder():
   ours = _run_ours(init, a, b, noise, off_by_one)
   with pytest.raises(AssertionError):
     _assert_close_to_float32_rounding(ours, theirs, init)
+
+
+@pytest.mark.parametrize(
+  "paddle_clip, our_clip",
+  [
+    (lambda: paddle.nn.ClipGradByGlobalNorm(5.0), lambda: optax.clip_by_global_norm(5.0)),
+    (lambda: paddle.nn.ClipGradByNorm(1.0), lambda: clip_by_norm(1.0)),
+    (lambda: paddle.nn.ClipGradByValue(2.0, -0.5), lambda: clip_by_value(2.0, -0.5)),
+    (lambda: paddle.nn.ClipGradByValue(0.3), lambda: clip_by_value(0.3)),
+  ],
+  ids=["global_norm", "norm", "value_asymmetric", "value_symmetric"],
+)
+def test_matches_paddle_with_each_grad_clip(paddle_clip, our_clip):
+  shapes = reference.bert_paddle_names(n_layers=3)
+  init, a, b, noise = _problem(shapes, seed=7)
+  b = {k: 30 * v for k, v in b.items()}  # gradients of norm ~30 per element: clipping is active
+  first_grads = {k: a[k] * init[k] - (b[k] - noise[0][k]) for k in init}
+  assert min(np.abs(g).max() for g in first_grads.values()) > 2.0
+  hyper = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
+  ratios = {k: reference.paddle_layerwise_lr_decay(0.75, 3, k) for k in shapes}
+  theirs = _run_paddle(
+    init,
+    a,
+    b,
+    noise,
+    ratios,
+    apply_decay_param_fun=reference.paddle_no_decay,
+    grad_clip=paddle_clip(),
+    **hyper,
+  )
+  tx = adamwdl(
+    hyper["lr"],
+    hyper["b1"],
+    hyper["b2"],
+    hyper["eps"],
+    hyper["wd"],
+    layerwise_decay=0.75,
+    apply_decay_param_fun=reference.paddle_no_decay,
+    grad_clip=our_clip(),
+  )
+  _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, tx), theirs, init)
+  unclipped = adamwdl(
+    hyper["lr"],
+    hyper["b1"],
+    hyper["b2"],
+    hyper["eps"],
+    hyper["wd"],
+    layerwise_decay=0.75,
+    apply_decay_param_fun=reference.paddle_no_decay,
+  )
+  with pytest.raises(AssertionError):  # clipping changed the trajectory
+    _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, unclipped), theirs, init)
