@@ -8,8 +8,8 @@ import numpy as np
 import optax
 
 from optax_adamwdl import _checks
-from optax_adamwdl.lazy import update_nonzero_rows
 from optax_adamwdl.layerwise import SetParamLrFun, scale_by_layerwise_lr
+from optax_adamwdl.lazy import update_nonzero_rows
 from optax_adamwdl.names import param_names
 from optax_adamwdl.precision import with_master_weights
 

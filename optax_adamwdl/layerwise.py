@@ -100,7 +100,10 @@ def leaf_ratios(
     return [1.0] * len(names)  # As init decided, with concrete values.
   depth = _resolve_n_layers(names, n_layers, custom_rule)
   rule = set_param_lr_fun or layerwise_lr_decay
-  ratios = [rule(layerwise_decay, depth, name) for name in names]
+  # A concrete decay goes to the rule as a Python float, so that the ratios are
+  # constants even when the decay was given as an array and the update is jitted.
+  rate = layerwise_decay if decay is None else decay
+  ratios = [rule(rate, depth, name) for name in names]
   if decay is None or isinstance(depth, jax.core.Tracer):
     return ratios
   ratios = [_checked_ratio(r, n) for r, n in zip(ratios, names)]

@@ -1,0 +1,186 @@
+"""Hyperparameters as 0-d arrays and schedules, inject_hyperparams, AMP skipping,
+gradient accumulation, and custom set_param_lr_fun rules."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optax_adamwdl import adamwdl, lr_ratios
+from tests import reference
+
+SHAPES = {
+  "embeddings.w": (3,),
+  "encoder.layers.0.w": (2, 2),
+  "encoder.layers.1.w": (3,),
+  "classifier.w": (2,),
+}
+
+
+def _problem(seed, steps):
+  rng = np.random.default_rng(seed)
+  init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+  grads = [
+    {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(steps)
+  ]
+  return init, grads
+
+
+def _run(tx, init, grads):
+  params = jax.tree.map(jnp.asarray, init)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for g in grads:
+    updates, state = update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_zero_d_arrays_equal_python_floats():
+  init, grads = _problem(0, 4)
+  floats = adamwdl(1e-2, 0.8, 0.99, 1e-6, 0.1, layerwise_decay=0.7)
+  arrays = adamwdl(
+    jnp.float32(1e-2),
+    jnp.float32(0.8),
+    np.float32(0.99),
+    jnp.asarray(1e-6),
+    jnp.float32(0.1),
+    layerwise_decay=jnp.float32(0.7),
+  )
+  # Python floats are rounded to float32 after arithmetic like 1 - b1, arrays before it.
+  chex.assert_trees_all_close(
+    _run(floats, init, grads)[0], _run(arrays, init, grads)[0], rtol=1e-6, atol=1e-7
+  )
+
+
+def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule():
+  steps = 5
+  init, grads = _problem(1, steps)
+  decay = optax.linear_schedule(0.5, 1.0, steps - 1)
+  tx = optax.inject_hyperparams(adamwdl)(
+    learning_rate=1e-2, weight_decay=0.1, layerwise_decay=decay
+  )
+  params, state = _run(tx, init, grads)
+  assert float(state.hyperparams["layerwise_decay"]) == pytest.approx(1.0)
+
+  p = {k: np.float64(v) for k, v in init.items()}
+  m = {k: 0.0 for k in p}
+  v = {k: 0.0 for k in p}
+  for t in range(1, steps + 1):
+    d = float(decay(t - 1))
+    ratios = {k: reference.paddle_layerwise_lr_decay(d, 2, k) for k in p}
+    for k in p:
+      g = grads[t - 1][k]
+      m[k] = 0.9 * m[k] + 0.1 * g
+      v[k] = 0.999 * v[k] + 0.001 * g * g
+      adam = (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
+      p[k] = p[k] - 1e-2 * ratios[k] * (adam + 0.1 * p[k])
+  for k in p:
+    np.testing.assert_allclose(params[k], p[k], rtol=2e-6, atol=2e-7, err_msg=k)
+
+
+def test_apply_if_finite_skips_a_bad_step_entirely():
+  init, grads = _problem(2, 4)
+  bad = dict(grads[2])
+  bad["encoder.layers.0.w"] = np.full((2, 2), np.inf, np.float32)
+  tx = optax.apply_if_finite(adamwdl(1e-2, layerwise_decay=0.6, multi_precision=True), 3)
+  params = jax.tree.map(jnp.asarray, init)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for g in grads[:2]:
+    updates, state = update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  before = (params, state.inner_state)
+  updates, state = update(bad, state, params)
+  params = optax.apply_updates(params, updates)
+  chex.assert_trees_all_equal((params, state.inner_state), before)  # params and moments
+  assert int(state.notfinite_count) == 1 and int(state.total_notfinite) == 1
+  # The next good step is the step the run would have taken without the bad one.
+  updates, state = update(grads[3], state, params)
+  skipped = optax.apply_updates(params, updates)
+  clean, _ = _run(adamwdl(1e-2, layerwise_decay=0.6), init, [grads[0], grads[1], grads[3]])
+  chex.assert_trees_all_close(skipped, clean, rtol=1e-6, atol=1e-7)
+
+
+def test_multi_steps_accumulates_then_takes_one_adamwdl_step():
+  init, grads = _problem(3, 6)
+  k = 3
+  tx = optax.MultiSteps(adamwdl(1e-2, layerwise_decay=0.6), every_k_schedule=k)
+  accumulated, _ = _run(tx, init, grads)
+  means = [
+    jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads[i : i + k])
+    for i in range(0, len(grads), k)
+  ]
+  direct, _ = _run(adamwdl(1e-2, layerwise_decay=0.6), init, means)
+  chex.assert_trees_all_close(accumulated, direct, rtol=1e-5, atol=1e-7)
+
+
+# Custom set_param_lr_fun rules.
+
+
+def test_paddle_docstring_rule_ported():
+  # PaddleNLP's AdamWDL docstring: a rule giving weights decay_rate ** 0.5 on a Linear.
+  def simple_lr_setting(decay_rate, n_layers, name):
+    return decay_rate**0.5 if "weight" in name else 1.0
+
+  params = {"weight": jnp.ones((10, 10)), "bias": jnp.ones(10)}
+  ratios = lr_ratios(params, 0.8, n_layers=12, set_param_lr_fun=simple_lr_setting)
+  assert ratios == {"weight": 0.8**0.5, "bias": 1.0}
+  tx = adamwdl(
+    1e-4, weight_decay=0.0, layerwise_decay=0.8, n_layers=12, set_param_lr_fun=simple_lr_setting
+  )
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["weight"], -1e-4 * 0.8**0.5, rtol=1e-5)
+  np.testing.assert_allclose(updates["bias"], -1e-4, rtol=1e-5)
+
+
+def test_paddle_style_rule_that_mutates_and_returns_none_is_refused():
+  # The docstring's original form sets param.optimize_attr and returns None.
+  def mutating_rule(decay_rate, n_layers, name):
+    ratio = decay_rate**0.5 if "weight" in name else 1.0
+    del ratio
+
+  with pytest.raises(TypeError, match=r"returned None for parameter 'bias'"):
+    adamwdl(layerwise_decay=0.8, n_layers=12, set_param_lr_fun=mutating_rule).init(
+      {"weight": jnp.ones(2), "bias": jnp.ones(2)}
+    )
+
+
+def test_stagewise_rule_for_convnext_style_trees():
+  params = {
+    "stem": {"conv": jnp.ones(2)},
+    "stages": [{"blocks": [{"w": jnp.ones(2)}] * 3} for _ in range(4)],
+    "head": jnp.ones(2),
+  }
+
+  def stagewise(decay_rate, n_layers, name):
+    if name.startswith("stem."):
+      return decay_rate ** (n_layers + 1)
+    if name.startswith("stages."):
+      return decay_rate ** (n_layers - int(name.split(".")[1]))
+    return 1.0
+
+  ratios = lr_ratios(params, 0.5, n_layers=4, set_param_lr_fun=stagewise)
+  assert ratios["stem"]["conv"] == 0.5**5
+  assert [s["blocks"][2]["w"] for s in ratios["stages"]] == [0.5**4, 0.5**3, 0.5**2, 0.5]
+  assert ratios["head"] == 1.0
+
+
+def test_rule_with_a_separate_head_multiplier():
+  from optax_adamwdl import layerwise_lr_decay
+
+  def with_head(decay_rate, n_layers, name):
+    if name.startswith("classifier"):
+      return 10.0
+    return layerwise_lr_decay(decay_rate, n_layers, name)
+
+  params = {k: jnp.ones(s) for k, s in SHAPES.items()}
+  ratios = lr_ratios(params, 0.5, set_param_lr_fun=with_head)
+  assert ratios == {
+    "embeddings.w": 0.125,
+    "encoder.layers.0.w": 0.25,
+    "encoder.layers.1.w": 0.5,
+    "classifier.w": 10.0,
+  }

@@ -1,0 +1,128 @@
+"""multi_precision: float32 master weights for bfloat16/float16 parameters."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optax_adamwdl import MasterWeightsState, adamwdl, with_master_weights
+
+SHAPES = {
+  "embeddings.w": (64,),
+  "encoder.layers.0.w": (8, 8),
+  "encoder.layers.1.w": (8, 8),
+  "head.w": (8,),
+}
+
+
+def _grad_sequence(steps, seed=0):
+  # Gradients that do not depend on the parameters, exactly representable in bfloat16,
+  # so that a bfloat16 run and a float32 run see the same numbers.
+  rng = np.random.default_rng(seed)
+  return [
+    {
+      k: jnp.asarray(rng.normal(size=s) + 2.0, jnp.bfloat16).astype(jnp.float32)
+      for k, s in SHAPES.items()
+    }
+    for _ in range(steps)
+  ]
+
+
+def _train(tx, params, grads):
+  @jax.jit  # the whole step, as in training: XLA fuses p + u the same way in both runs
+  def step(params, state, g):
+    g = jax.tree.map(lambda x, p: x.astype(p.dtype), g, params)
+    updates, state = tx.update(g, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for g in grads:
+    params, state = step(params, state, g)
+  return params, state
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_training_matches_float32_rounded(dtype):
+  rng = np.random.default_rng(1)
+  init32 = {
+    k: jnp.asarray(rng.uniform(1.0, 2.0, size=s), dtype).astype(jnp.float32)
+    for k, s in SHAPES.items()
+  }
+  grads = _grad_sequence(300)
+  make = lambda mp: adamwdl(1e-4, weight_decay=0.01, layerwise_decay=0.8, multi_precision=mp)
+
+  want, _ = _train(make(False), init32, grads)
+  low = jax.tree.map(lambda p: p.astype(dtype), init32)
+  got, state = _train(make(True), low, grads)
+  plain, _ = _train(make(False), low, grads)
+
+  for k in SHAPES:
+    assert got[k].dtype == dtype
+    # The parameters are the master weights rounded, exactly.
+    np.testing.assert_array_equal(got[k], state.master[k].astype(dtype), err_msg=k)
+    # The master weights follow the float32 run up to float32 rounding (XLA may fuse
+    # p + u into a multiply-add in one program and not the other): measured 1 ulp.
+    np.testing.assert_allclose(state.master[k], want[k], rtol=1e-6, atol=0, err_msg=k)
+    # So the parameters are the float32 run rounded, but where that run sits within an ulp
+    # of a rounding boundary: there they differ by one ulp of the low-precision type.
+    rounded = want[k].astype(dtype)
+    differ = np.asarray(got[k] != rounded)
+    assert differ.mean() <= 0.02, k
+    ulp = np.spacing(np.abs(np.asarray(rounded.astype(jnp.float32))))
+    gap = np.abs(np.asarray(got[k].astype(jnp.float32) - rounded.astype(jnp.float32)))
+    assert np.all(gap[differ] <= ulp[differ] * (2 ** (24 - jnp.finfo(dtype).nmant - 1))), k
+  # Plain low-precision training stalls: steps of 1e-4 are below half an ulp in [1, 2).
+  moved_plain = max(
+    float(jnp.max(jnp.abs(plain[k].astype(jnp.float32) - init32[k]))) for k in SHAPES
+  )
+  moved_master = max(
+    float(jnp.max(jnp.abs(got[k].astype(jnp.float32) - init32[k]))) for k in SHAPES
+  )
+  assert moved_plain == 0.0 and moved_master > 0.015
+
+
+def test_apply_updates_lands_exactly_on_the_rounded_master():
+  rng = np.random.default_rng(2)
+  # Magnitudes from 1e-6 to 1e3, updates from tiny to larger than the parameter.
+  p32 = rng.normal(size=4096) * 10.0 ** rng.uniform(-6, 3, size=4096)
+  params = jnp.asarray(p32, jnp.bfloat16)
+  tx = with_master_weights(optax.sgd(1.0))
+  state = tx.init(params)
+  grads = jnp.asarray(rng.normal(size=4096) * 10.0 ** rng.uniform(-9, 3, size=4096), jnp.bfloat16)
+  updates, state = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  assert new.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(new, state.master.astype(jnp.bfloat16))
+
+
+def test_state_holds_float32_copies_only_of_low_precision_leaves():
+  params = {
+    "a": jnp.ones(3, jnp.bfloat16),
+    "b": jnp.ones(3, jnp.float32),
+    "layers": [jnp.ones(2, jnp.float16)],
+  }
+  state = adamwdl(multi_precision=True, mu_dtype=jnp.bfloat16).init(params)
+  assert isinstance(state, MasterWeightsState)
+  assert state.master["b"] is None
+  assert state.master["a"].dtype == jnp.float32 and state.master["layers"][0].dtype == jnp.float32
+  adam = state.inner_state[1]
+  assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}  # mu_dtype
+
+
+def test_float32_parameters_are_unchanged_by_multi_precision():
+  rng = np.random.default_rng(3)
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in SHAPES.items()}
+  grads = _grad_sequence(5)
+  with_mp, _ = _train(adamwdl(1e-2, layerwise_decay=0.8, multi_precision=True), params, grads)
+  without, _ = _train(adamwdl(1e-2, layerwise_decay=0.8), params, grads)
+  chex.assert_trees_all_equal(with_mp, without)
+
+
+def test_update_without_params_is_an_error():
+  tx = adamwdl(multi_precision=True)
+  params = {"w": jnp.ones(2, jnp.bfloat16)}
+  with pytest.raises(ValueError, match="multi_precision needs the params"):
+    tx.update(params, tx.init(params))
