@@ -11,7 +11,7 @@ import optax
 
 from optax_adamwdl import _checks
 from optax_adamwdl.layers import infer_n_layers, layer_id, layerwise_lr_decay
-from optax_adamwdl.names import leaf_names
+from optax_adamwdl.names import leaf_names, parameter_tree
 
 SetParamLrFun = Callable[[Any, int, str], Any]
 
@@ -92,6 +92,8 @@ def leaf_ratios(
       while ``layerwise_decay != 1``, or the rule returns a ratio that is
       negative, NaN or not a number.
   """
+  if not names:
+    return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
   decay = _checks.concrete_number("layerwise_decay", layerwise_decay)
   custom_rule = set_param_lr_fun is not None
   if not custom_rule and decay == 1.0:
@@ -125,7 +127,7 @@ def lr_ratios(
   """Returns ``params`` with each leaf replaced by its learning-rate ratio.
 
   Args:
-    params: a pytree of parameters.
+    params: a pytree of parameters, or a flax nnx model.
     layerwise_decay: the layer-wise decay rate.
     n_layers: the number of layers; None infers it from the names.
     set_param_lr_fun: ``(decay_rate, n_layers, name) -> ratio``; None uses
@@ -141,6 +143,7 @@ def lr_ratios(
     >>> lr_ratios(params, 0.5)
     {'embed': 0.125, 'head': 1.0, 'layers': [0.25, 0.5]}
   """
+  params = parameter_tree(params)
   ratios = leaf_ratios(leaf_names(params), layerwise_decay, n_layers, set_param_lr_fun)
   return jax.tree.structure(params).unflatten(ratios)
 

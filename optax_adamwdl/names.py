@@ -5,6 +5,7 @@ A parameter's name is its pytree path joined by ".", the form that PyTorch's
 rules (``set_param_lr_fun``, ``apply_decay_param_fun``) port unchanged.
 """
 
+import sys
 from typing import Any
 
 import jax
@@ -29,6 +30,18 @@ def path_name(path: tuple[Any, ...]) -> str:
     if path[-1].name in _VARIABLE_SUFFIXES:
       path = path[:-1]
   return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+def parameter_tree(params: Any) -> Any:
+  """Returns the parameters of a flax nnx ``Module`` as an ``nnx.State``; other trees unchanged.
+
+  This lets :func:`optax_adamwdl.lr_ratios` and :func:`optax_adamwdl.lr_table`
+  take a model as well as its parameters.
+  """
+  nnx = sys.modules.get("flax.nnx")  # A Module exists only if flax.nnx was imported.
+  if nnx is not None and isinstance(params, nnx.Module):
+    return nnx.state(params, nnx.Param)
+  return params
 
 
 def param_names(tree: Any) -> Any:

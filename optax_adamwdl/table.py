@@ -7,7 +7,7 @@ import numpy as np
 
 from optax_adamwdl.layers import layer_id
 from optax_adamwdl.layerwise import SetParamLrFun, leaf_ratios
-from optax_adamwdl.names import leaf_names
+from optax_adamwdl.names import leaf_names, parameter_tree
 
 
 class LrTableRow(NamedTuple):
@@ -63,7 +63,8 @@ def lr_table(
   row per ratio.
 
   Args:
-    params: a pytree of parameters (arrays or ``jax.ShapeDtypeStruct``).
+    params: a pytree of parameters (arrays or ``jax.ShapeDtypeStruct``), or a
+      flax nnx model.
     layerwise_decay: the layer-wise decay rate.
     n_layers: the number of layers; None infers it from the names.
     set_param_lr_fun: the ratio rule; None uses the default.
@@ -85,6 +86,7 @@ def lr_table(
     ---------  --------  ------  -------
     total                    12        4
   """
+  params = parameter_tree(params)
   leaves = jax.tree.leaves(params)
   names = leaf_names(params)
   ratios = leaf_ratios(names, layerwise_decay, n_layers, set_param_lr_fun)
