@@ -9,51 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adamwdl import _checks
-from optax_adamwdl.layers import infer_n_layers, layer_id, layerwise_lr_decay
+from optax_adamwdl import _checks, ladder
+from optax_adamwdl.layers import infer_n_layers
 from optax_adamwdl.names import leaf_names, parameter_tree
 
 SetParamLrFun = Callable[[Any, int, str], Any]
-
-_SHOWN_NAMES = 5
-
-
-def _first_names(names: Sequence[str]) -> str:
-  shown = ", ".join(repr(n) for n in names[:_SHOWN_NAMES])
-  more = f", ... ({len(names)} in all)" if len(names) > _SHOWN_NAMES else ""
-  return shown + more
-
-
-def _resolve_n_layers(names, n_layers, custom_rule: bool):
-  """Returns the depth handed to the rule: given, inferred, or traced."""
-  given = _checks.check_n_layers(n_layers)
-  if n_layers is not None and given is None:
-    return n_layers  # traced by inject_hyperparams; checked at init.
-  found = infer_n_layers(names)
-  if custom_rule:
-    if given is None and found is None:
-      raise ValueError(
-        "set_param_lr_fun needs n_layers, and it cannot be inferred: no "
-        f"parameter name matches a layer pattern ({_first_names(names)}). "
-        "Pass n_layers=..."
-      )
-    return found if given is None else given
-  if found is None:
-    raise ValueError(
-      "layerwise_decay != 1 but no parameter name is recognised as a layer "
-      f"of a layer stack ({_first_names(names)}); every ratio would stay 1. "
-      "Pass set_param_lr_fun=lambda decay_rate, n_layers, name: ... that "
-      "returns each parameter's ratio (and n_layers=...). See "
-      "optax_adamwdl.param_names for the names it receives."
-    )
-  if given is not None and given < found:
-    deepest = max((n for n in names if isinstance(layer_id(n), int)), key=layer_id)
-    raise ValueError(
-      f"n_layers={given} but parameter {deepest!r} is in layer "
-      f"{layer_id(deepest)}, so n_layers must be at least {found} (or None "
-      "to infer it); a smaller value would give ratios above 1."
-    )
-  return found if given is None else given
 
 
 def _checked_ratio(ratio: Any, name: str) -> float:
@@ -74,48 +34,107 @@ def _checked_ratio(ratio: Any, name: str) -> float:
   return float(number)
 
 
+def _custom_ratios(names, rate, n_layers, set_param_lr_fun, concrete_decay):
+  given = _checks.check_n_layers(n_layers)
+  traced_depth = n_layers is not None and given is None
+  depth = n_layers if traced_depth else (given if given is not None else infer_n_layers(names))
+  if depth is None:
+    raise ValueError(
+      "set_param_lr_fun needs n_layers, and it cannot be inferred: no parameter name "
+      f"matches a layer pattern ({ladder.first_names(names)}). Pass n_layers=..."
+    )
+  ratios = [set_param_lr_fun(rate, depth, name) for name in names]
+  if concrete_decay is None or traced_depth:
+    return ratios
+  ratios = [_checked_ratio(r, n) for r, n in zip(ratios, names)]
+  if concrete_decay != 1.0 and all(r == 1.0 for r in ratios):
+    raise ValueError(
+      f"layerwise_decay={concrete_decay} but set_param_lr_fun gave every parameter ratio 1.0 "
+      f"({ladder.first_names(names)}); check the names it matches against "
+      "optax_adamwdl.param_names(params)."
+    )
+  return ratios
+
+
+def _clamp(ratio: Any, min_ratio: float, freeze_below: float | None) -> Any:
+  """Raises ratios to ``min_ratio``, then zeroes those below ``freeze_below``."""
+  if min_ratio == 0.0 and freeze_below is None:
+    return ratio
+  on_arrays = isinstance(ratio, jax.Array | np.ndarray)
+  xp = jnp if isinstance(ratio, jax.Array) else np
+  if min_ratio:
+    ratio = xp.maximum(ratio, min_ratio) if on_arrays else max(ratio, min_ratio)
+  if freeze_below is not None:
+    ratio = (
+      xp.where(ratio < freeze_below, 0.0, ratio)
+      if on_arrays
+      else (0.0 if ratio < freeze_below else ratio)
+    )
+  return ratio
+
+
 def leaf_ratios(
   names: Sequence[str],
+  shapes: Sequence[tuple[int, ...]],
   layerwise_decay: jax.typing.ArrayLike,
   n_layers: int | None = None,
   set_param_lr_fun: SetParamLrFun | None = None,
+  *,
+  stacks: ladder.Stacks = None,
+  scan_axes: ladder.ScanAxes = None,
+  head_ratio: float = 1.0,
+  depth_normalized: bool = False,
+  min_ratio: float = 0.0,
+  freeze_below: float | None = None,
 ) -> list[Any]:
-  """Returns each named parameter's learning-rate ratio.
+  """Returns each named parameter's learning-rate ratio (the keywords of scale_by_layerwise_lr).
 
-  The ratios are Python floats when the arguments are concrete, and traced
-  scalars when ``layerwise_decay`` or ``n_layers`` are traced (under
-  ``optax.inject_hyperparams``); either way they are computed once per trace
-  from the names alone.
+  A ratio is a Python float when the arguments are concrete, a traced scalar
+  when ``layerwise_decay`` or ``n_layers`` are traced (under
+  ``optax.inject_hyperparams``), and a vector shaped to broadcast along the
+  layer axis for a scanned leaf; all are computed once per trace from the
+  names and shapes.
 
   Raises:
     ValueError: the depth is inconsistent with the names, no layer is found
-      while ``layerwise_decay != 1``, or the rule returns a ratio that is
-      negative, NaN or not a number.
+      while the ladder would scale something, or a rule's ratio is negative
+      or NaN.
+    TypeError: a rule's ratio is not a number.
   """
   if not names:
     return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
+  stacks = ladder.check_stacks(stacks)
   decay = _checks.concrete_number("layerwise_decay", layerwise_decay)
-  custom_rule = set_param_lr_fun is not None
-  if not custom_rule and decay == 1.0:
-    return [1.0] * len(names)
-  if not custom_rule and decay is None and infer_n_layers(names) is None:
-    return [1.0] * len(names)  # As init decided, with concrete values.
-  depth = _resolve_n_layers(names, n_layers, custom_rule)
-  rule = set_param_lr_fun or layerwise_lr_decay
-  # A concrete decay goes to the rule as a Python float, so that the ratios are
+  # A concrete decay reaches the rule as a Python float, so that the ratios are
   # constants even when the decay was given as an array and the update is jitted.
   rate = layerwise_decay if decay is None else decay
-  ratios = [rule(rate, depth, name) for name in names]
-  if decay is None or isinstance(depth, jax.core.Tracer):
-    return ratios
-  ratios = [_checked_ratio(r, n) for r, n in zip(ratios, names)]
-  if decay != 1.0 and names and all(r == 1.0 for r in ratios):
-    raise ValueError(
-      f"layerwise_decay={decay} but set_param_lr_fun gave every parameter "
-      f"ratio 1.0 ({_first_names(names)}); check the names it matches "
-      "against optax_adamwdl.param_names(params)."
+  if set_param_lr_fun is not None:
+    if stacks or scan_axes is not None or head_ratio != 1.0 or depth_normalized:
+      raise ValueError(
+        "stacks, scan_axes, head_ratio and depth_normalized refine the default ladder; "
+        "set_param_lr_fun replaces it. Give one or the other."
+      )
+    ratios = _custom_ratios(names, rate, n_layers, set_param_lr_fun, decay)
+  elif ladder.is_identity(rate, stacks, head_ratio):
+    ratios = [1.0] * len(names)
+  else:
+    ratios = ladder.ladder_ratios(
+      names,
+      shapes,
+      rate,
+      n_layers,
+      stacks=stacks,
+      scan_axes=scan_axes,
+      head_ratio=head_ratio,
+      depth_normalized=depth_normalized,
     )
-  return ratios
+  return [_clamp(r, min_ratio, freeze_below) for r in ratios]
+
+
+def names_and_shapes(tree: Any) -> tuple[list[str], list[tuple[int, ...]]]:
+  """The dotted names and the shapes of the leaves of ``tree``."""
+  leaves = jax.tree.leaves(tree)
+  return leaf_names(tree), [tuple(getattr(x, "shape", np.shape(x))) for x in leaves]
 
 
 def lr_ratios(
@@ -123,6 +142,7 @@ def lr_ratios(
   layerwise_decay: float,
   n_layers: int | None = None,
   set_param_lr_fun: SetParamLrFun | None = None,
+  **options: Any,
 ) -> Any:
   """Returns ``params`` with each leaf replaced by its learning-rate ratio.
 
@@ -132,9 +152,13 @@ def lr_ratios(
     n_layers: the number of layers; None infers it from the names.
     set_param_lr_fun: ``(decay_rate, n_layers, name) -> ratio``; None uses
       :func:`optax_adamwdl.layerwise_lr_decay`.
+    **options: the keyword options of :func:`scale_by_layerwise_lr`
+      (``stacks``, ``scan_axes``, ``head_ratio``, ``depth_normalized``,
+      ``min_ratio``, ``freeze_below``).
 
   Returns:
-    A pytree of Python floats with the structure of ``params``.
+    A pytree with the structure of ``params`` whose leaves are Python floats
+    (NumPy vectors along the layer axis for scanned leaves).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -144,7 +168,9 @@ def lr_ratios(
     {'embed': 0.125, 'head': 1.0, 'layers': [0.25, 0.5]}
   """
   params = parameter_tree(params)
-  ratios = leaf_ratios(leaf_names(params), layerwise_decay, n_layers, set_param_lr_fun)
+  ratios = leaf_ratios(
+    *names_and_shapes(params), layerwise_decay, n_layers, set_param_lr_fun, **options
+  )
   return jax.tree.structure(params).unflatten(ratios)
 
 
@@ -161,23 +187,51 @@ def scale_by_layerwise_lr(
   layerwise_decay: jax.typing.ArrayLike = 1.0,
   n_layers: int | None = None,
   set_param_lr_fun: SetParamLrFun | None = None,
+  *,
+  stacks: ladder.Stacks = None,
+  scan_axes: ladder.ScanAxes = None,
+  head_ratio: float = 1.0,
+  depth_normalized: bool = False,
+  min_ratio: float = 0.0,
+  freeze_below: float | None = None,
 ) -> optax.GradientTransformation:
   """Scales each update by its parameter's layer-wise learning-rate ratio.
 
   .. math::
 
-    u_p \\leftarrow r(\\text{name}_p)\\, u_p
+    u_p \\leftarrow r_p\\, u_p, \\qquad r_p = \\alpha^{L - i_p}
 
-  where :math:`r` is ``set_param_lr_fun(layerwise_decay, n_layers, name)``,
-  by default :func:`optax_adamwdl.layerwise_lr_decay`. The ratios are constants
-  derived from the pytree paths at trace time; the state is empty.
+  for a parameter in layer :math:`i_p` of :math:`L`, :math:`\\alpha^{L + 1}` for
+  embeddings and ``head_ratio`` (1) for the rest; or
+  ``set_param_lr_fun(layerwise_decay, n_layers, name)``. The ratios are
+  constants derived from the pytree paths at trace time; the state is empty.
 
   Args:
     layerwise_decay: the decay rate :math:`\\alpha`; ``1.0`` scales nothing.
-    n_layers: the number of layers; None infers it as the largest layer index
-      found in the names plus one.
-    set_param_lr_fun: ``(decay_rate, n_layers, name) -> ratio``; None uses
-      :func:`optax_adamwdl.layerwise_lr_decay`.
+    n_layers: the number of layers :math:`L`; None infers it as the largest
+      layer index found in the names plus one.
+    set_param_lr_fun: ``(decay_rate, n_layers, name) -> ratio``, replacing the
+      default ladder.
+    stacks: several stacks or towers, each with its own ladder: a mapping from
+      a name prefix to ``{"n_layers": ..., "decay": ...}`` (both optional:
+      inferred from the stack's own names, and ``layerwise_decay``), or a list
+      of prefixes. Parameters outside every stack use ``layerwise_decay`` and
+      the deepest stack's depth.
+    scan_axes: scanned layers, one leaf holding every layer: a mapping from a
+      name component (e.g. ``"encoderblock"``) to the layer axis, or a function
+      ``name -> axis or None``. Slice :math:`i` along the axis gets
+      :math:`\\alpha^{L - i}`; :math:`L` is inferred from the axis' length.
+    head_ratio: the ratio of parameters in no layer and no embedding (pooler,
+      final norm, classifier head).
+    depth_normalized: divide every exponent by :math:`L + 1`, so that the
+      embeddings get :math:`\\alpha` and the head 1 whatever the depth:
+      :math:`r = \\alpha^{(L + 1 - d) / (L + 1)}` at depth :math:`d` (0 for
+      embeddings, :math:`i + 1` for layer :math:`i`, :math:`L + 1` for the head).
+    min_ratio: the smallest ratio any parameter gets (timm's
+      ``layer_decay_min_scale``); applied to every rule.
+    freeze_below: ratios below this become 0 (timm's ``no_opt_scale``): those
+      parameters do not move. :func:`optax_adamwdl.adamwdl` also drops their
+      optimizer state.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -197,9 +251,20 @@ def scale_by_layerwise_lr(
       "set_param_lr_fun must be a callable (decay_rate, n_layers, name) -> "
       f"ratio, got {set_param_lr_fun!r}."
     )
+  ladder.check_options(head_ratio, min_ratio, freeze_below, scan_axes)
+  options = dict(
+    stacks=ladder.check_stacks(stacks),
+    scan_axes=scan_axes,
+    head_ratio=head_ratio,
+    depth_normalized=depth_normalized,
+    min_ratio=min_ratio,
+    freeze_below=freeze_below,
+  )
 
   def ratios_for(tree):
-    return leaf_ratios(leaf_names(tree), layerwise_decay, n_layers, set_param_lr_fun)
+    return leaf_ratios(
+      *names_and_shapes(tree), layerwise_decay, n_layers, set_param_lr_fun, **options
+    )
 
   def init_fn(params):
     ratios_for(params)  # Raises here, at init, on a bad tree or rule.

@@ -2,12 +2,11 @@
 
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
-from optax_adamwdl.layers import layer_id
-from optax_adamwdl.layerwise import SetParamLrFun, leaf_ratios
-from optax_adamwdl.names import leaf_names, parameter_tree
+from optax_adamwdl import ladder
+from optax_adamwdl.layerwise import SetParamLrFun, leaf_ratios, names_and_shapes
+from optax_adamwdl.names import parameter_tree
 
 
 class LrTableRow(NamedTuple):
@@ -42,12 +41,12 @@ class LrTable(NamedTuple):
   __repr__ = __str__
 
 
-def _order(layer) -> tuple[int, int]:
+def _order(stack_index: int, layer) -> tuple[int, int, int]:
   if layer == "embedding":
-    return (0, 0)
+    return (stack_index, 0, 0)
   if layer is None:
-    return (2, 0)
-  return (1, layer)
+    return (stack_index, 2, 0)
+  return (stack_index, 1, layer)
 
 
 def lr_table(
@@ -55,12 +54,13 @@ def lr_table(
   layerwise_decay: float,
   n_layers: int | None = None,
   set_param_lr_fun: SetParamLrFun | None = None,
+  **options: Any,
 ) -> LrTable:
   """Returns the per-layer table of ratios and parameter counts.
 
-  Parameters are grouped by :func:`optax_adamwdl.layer_id`; a group whose
-  parameters get different ratios (from a custom ``set_param_lr_fun``) has a
-  row per ratio.
+  Parameters are grouped by stack and :func:`optax_adamwdl.layer_id` (a
+  scanned leaf counts towards each of its layers); a group whose parameters get
+  different ratios (from a custom ``set_param_lr_fun``) has a row per ratio.
 
   Args:
     params: a pytree of parameters (arrays or ``jax.ShapeDtypeStruct``), or a
@@ -68,6 +68,7 @@ def lr_table(
     layerwise_decay: the layer-wise decay rate.
     n_layers: the number of layers; None infers it from the names.
     set_param_lr_fun: the ratio rule; None uses the default.
+    **options: the keyword options of :func:`optax_adamwdl.scale_by_layerwise_lr`.
 
   Returns:
     An :class:`LrTable`; ``print`` shows it.
@@ -87,22 +88,31 @@ def lr_table(
     total                    12        4
   """
   params = parameter_tree(params)
-  leaves = jax.tree.leaves(params)
-  names = leaf_names(params)
-  ratios = leaf_ratios(names, layerwise_decay, n_layers, set_param_lr_fun)
-  groups: dict[tuple[Any, float], list[int]] = {}
-  for leaf, name, ratio in zip(leaves, names, ratios):
-    counts = groups.setdefault((layer_id(name), float(ratio)), [0, 0])
-    counts[0] += int(np.prod(getattr(leaf, "shape", np.shape(leaf))))
-    counts[1] += 1
-  keys = sorted(groups, key=lambda k: (_order(k[0]), k[1]))
+  names, shapes = names_and_shapes(params)
+  ratios = leaf_ratios(names, shapes, layerwise_decay, n_layers, set_param_lr_fun, **options)
+  stacks = ladder.check_stacks(options.get("stacks"))
+  where = ladder.positions(names, shapes, stacks, options.get("scan_axes"))
+  stack_order = {s: i for i, s in enumerate([*stacks, None])}
+  groups: dict[tuple[Any, Any, float], list[int]] = {}
+  for shape, pos, ratio in zip(shapes, where, ratios):
+    size = int(np.prod(shape))
+    if pos.layer == "scanned":
+      per_layer = np.ravel(ratio)
+      slices = [(i, float(per_layer[i]), size // pos.length) for i in range(pos.length)]
+    else:
+      slices = [(pos.layer, float(ratio), size)]
+    for layer, r, count in slices:
+      counts = groups.setdefault((pos.stack, layer, r), [0, 0])
+      counts[0] += count
+      counts[1] += 1
+  keys = sorted(groups, key=lambda k: (_order(stack_order[k[0]], k[1]), k[2]))
   rows = tuple(
     LrTableRow(
-      layer="other" if layer is None else str(layer),
+      layer=(f"{stack} " if stack is not None else "") + ("other" if layer is None else str(layer)),
       ratio=ratio,
-      n_params=groups[layer, ratio][0],
-      n_tensors=groups[layer, ratio][1],
+      n_params=groups[stack, layer, ratio][0],
+      n_tensors=groups[stack, layer, ratio][1],
     )
-    for layer, ratio in keys
+    for stack, layer, ratio in keys
   )
   return LrTable(rows)

@@ -108,7 +108,7 @@ def test_n_layers_below_a_found_layer_is_an_error():
   tx = scale_by_layerwise_lr(0.75, n_layers=3)
   with pytest.raises(
     ValueError,
-    match=r"n_layers=3 but parameter 'encoder.layers.3\..*' is in "
+    match=r"n_layers=3 but parameter 'encoder.layers.3\..*' reaches "
     r"layer 3, so n_layers must be at least 4",
   ):
     tx.init(_bert(4))
