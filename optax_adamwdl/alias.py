@@ -8,7 +8,13 @@ import numpy as np
 import optax
 
 from optax_adamwdl import _checks
-from optax_adamwdl.layerwise import SetParamLrFun, scale_by_layerwise_lr
+from optax_adamwdl.ladder import ScanAxes, Stacks
+from optax_adamwdl.layerwise import (
+  SetParamLrFun,
+  leaf_ratios,
+  names_and_shapes,
+  scale_by_layerwise_lr,
+)
 from optax_adamwdl.lazy import update_nonzero_rows
 from optax_adamwdl.names import param_names
 from optax_adamwdl.precision import with_master_weights
@@ -35,6 +41,23 @@ def decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]):
     return bool(decision)
 
   return lambda params: jax.tree.map(decide, param_names(params))
+
+
+def _trainable_mask(layerwise_decay, n_layers, set_param_lr_fun, ladder_options):
+  """A mask function: False for the leaves whose every ratio is 0 (frozen)."""
+
+  def trainable(params):
+    ratios = leaf_ratios(
+      *names_and_shapes(params), layerwise_decay, n_layers, set_param_lr_fun, **ladder_options
+    )
+    if any(isinstance(r, jax.core.Tracer) for r in ratios):
+      raise TypeError(
+        "freeze_below needs a concrete layerwise_decay: under optax.inject_hyperparams put "
+        "layerwise_decay (and n_layers) in static_args."
+      )
+    return jax.tree.structure(params).unflatten([bool(np.any(np.asarray(r) != 0)) for r in ratios])
+
+  return trainable
 
 
 def _check_arguments(learning_rate, b1, b2, eps, weight_decay, layerwise_decay):
@@ -64,6 +87,13 @@ def adamwdl(
   lazy_mode: bool = False,
   multi_precision: bool = False,
   mu_dtype: Any | None = None,
+  stacks: Stacks = None,
+  scan_axes: ScanAxes = None,
+  head_ratio: float = 1.0,
+  depth_normalized: bool = False,
+  min_ratio: float = 0.0,
+  freeze_below: float | None = None,
+  decay_follows_ratio: bool = True,
 ) -> optax.GradientTransformation:
   r"""AdamW with layer-wise learning-rate decay (Paddle's ``AdamWDL``).
 
@@ -114,12 +144,28 @@ def adamwdl(
     multi_precision: keep a float32 master copy (and float32 moments) of every
       bfloat16/float16 parameter; see :func:`optax_adamwdl.with_master_weights`.
     mu_dtype: dtype of the first moment, as in ``optax.adamw``.
+    stacks: several stacks or towers, each with its own ladder; see
+      :func:`optax_adamwdl.scale_by_layerwise_lr`.
+    scan_axes: where scanned layers are stacked; see
+      :func:`optax_adamwdl.scale_by_layerwise_lr`.
+    head_ratio: the ratio of the parameters above the top layer (pooler,
+      final norm, classifier head).
+    depth_normalized: exponents divided by :math:`L + 1` (embeddings get
+      :math:`\alpha` whatever the depth).
+    min_ratio: the smallest ratio any parameter gets.
+    freeze_below: parameters whose ratio is below this do not move, and Adam
+      keeps no moments for them (a scanned leaf keeps its moments, its frozen
+      slices only get a zero update).
+    decay_follows_ratio: True (Paddle, timm): weight decay is scaled by the
+      layer's ratio; False (big_vision): by the learning rate only,
+      :math:`p \leftarrow p - \eta_t (r_p \hat m_t / (\sqrt{\hat v_t} +
+      \varepsilon) + \lambda p)`.
 
   Returns:
     An ``optax.GradientTransformation``: the chain of ``grad_clip``,
     ``optax.scale_by_adam``, ``optax.add_decayed_weights``,
-    :func:`optax_adamwdl.scale_by_layerwise_lr` and
-    ``optax.scale_by_learning_rate``, wrapped in
+    :func:`optax_adamwdl.scale_by_layerwise_lr` (before the decay when
+    ``decay_follows_ratio=False``) and ``optax.scale_by_learning_rate``, wrapped in
     :func:`optax_adamwdl.update_nonzero_rows` (``lazy_mode``) and then
     :func:`optax_adamwdl.with_master_weights` (``multi_precision``).
 
@@ -155,11 +201,24 @@ def adamwdl(
       "grad_clip must be an optax.GradientTransformation, such as "
       f"optax.clip_by_global_norm(1.0), got {grad_clip!r}."
     )
+  ladder_options = dict(
+    stacks=stacks,
+    scan_axes=scan_axes,
+    head_ratio=head_ratio,
+    depth_normalized=depth_normalized,
+    min_ratio=min_ratio,
+    freeze_below=freeze_below,
+  )
+  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+  decay = optax.add_decayed_weights(weight_decay, mask)
+  scale = scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun, **ladder_options)
+  if freeze_below is not None:
+    trainable = _trainable_mask(layerwise_decay, n_layers, set_param_lr_fun, ladder_options)
+    adam, decay = optax.masked(adam, trainable), optax.masked(decay, trainable)
   tx = optax.chain(
     grad_clip if grad_clip is not None else optax.identity(),
-    optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-    optax.add_decayed_weights(weight_decay, mask),
-    scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun),
+    adam,
+    *((decay, scale) if decay_follows_ratio else (scale, decay)),
     optax.scale_by_learning_rate(learning_rate),
   )
   if lazy_mode:

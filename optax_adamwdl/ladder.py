@@ -202,7 +202,7 @@ def ladder_ratios(
 def is_identity(layerwise_decay, stacks, head_ratio) -> bool:
   """Whether the default ladder scales nothing (so no layer needs to be found)."""
   decays = [layerwise_decay, *(s["decay"] for s in stacks.values() if s["decay"] is not None)]
-  return head_ratio == 1.0 and all(
+  return _checks.concrete_number("head_ratio", head_ratio) == 1.0 and all(
     _checks.concrete_number("layerwise_decay", d) == 1.0 for d in decays
   )
 

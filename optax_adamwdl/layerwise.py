@@ -56,21 +56,20 @@ def _custom_ratios(names, rate, n_layers, set_param_lr_fun, concrete_decay):
   return ratios
 
 
-def _clamp(ratio: Any, min_ratio: float, freeze_below: float | None) -> Any:
+def _clamp(ratio: Any, min_ratio: Any, freeze_below: float | None) -> Any:
   """Raises ratios to ``min_ratio``, then zeroes those below ``freeze_below``."""
-  if min_ratio == 0.0 and freeze_below is None:
-    return ratio
-  on_arrays = isinstance(ratio, jax.Array | np.ndarray)
-  xp = jnp if isinstance(ratio, jax.Array) else np
-  if min_ratio:
-    ratio = xp.maximum(ratio, min_ratio) if on_arrays else max(ratio, min_ratio)
+  if _checks.concrete_number("min_ratio", min_ratio) != 0.0:  # traced or positive
+    ratio = jnp.maximum(ratio, min_ratio) if _any_array(ratio, min_ratio) else max(ratio, min_ratio)
   if freeze_below is not None:
-    ratio = (
-      xp.where(ratio < freeze_below, 0.0, ratio)
-      if on_arrays
-      else (0.0 if ratio < freeze_below else ratio)
-    )
+    if _any_array(ratio, freeze_below):
+      ratio = jnp.where(ratio < freeze_below, 0.0, ratio)
+    else:
+      ratio = 0.0 if ratio < freeze_below else ratio
   return ratio
+
+
+def _any_array(*values: Any) -> bool:
+  return any(isinstance(v, jax.Array | np.ndarray) for v in values)
 
 
 def leaf_ratios(
@@ -108,8 +107,10 @@ def leaf_ratios(
   # A concrete decay reaches the rule as a Python float, so that the ratios are
   # constants even when the decay was given as an array and the update is jitted.
   rate = layerwise_decay if decay is None else decay
+  head = _checks.concrete_number("head_ratio", head_ratio)  # None when traced
+  head_ratio = head_ratio if head is None else head
   if set_param_lr_fun is not None:
-    if stacks or scan_axes is not None or head_ratio != 1.0 or depth_normalized:
+    if stacks or scan_axes is not None or head not in (1.0, None) or depth_normalized:
       raise ValueError(
         "stacks, scan_axes, head_ratio and depth_normalized refine the default ladder; "
         "set_param_lr_fun replaces it. Give one or the other."

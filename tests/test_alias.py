@@ -185,6 +185,8 @@ def test_inject_hyperparams_exposes_and_changes_all_six():
     "eps",
     "weight_decay",
     "layerwise_decay",
+    "head_ratio",  # the numeric options of issue 7 are hyperparameters too
+    "min_ratio",
   }
   update = jax.jit(tx.update)
   hyper = [
