@@ -39,6 +39,7 @@ class Position(NamedTuple):
   layer: LayerId | str
   length: int = 0
   axis: int = 0
+  ndim: int = 0
 
 
 def check_stacks(stacks: Stacks) -> dict[str, dict[str, Any]]:
@@ -101,7 +102,7 @@ def positions(names, shapes, stacks, scan_axes: ScanAxes) -> list[Position]:
         f"scan_axes gives axis {axis!r} for parameter {name!r} of shape {tuple(shape)}."
       )
     axis %= len(shape)
-    out.append(Position(stack, "scanned", shape[axis], axis))
+    out.append(Position(stack, "scanned", shape[axis], axis, len(shape)))
   return out
 
 
@@ -188,7 +189,7 @@ def ladder_ratios(
     elif pos.layer == "embedding":
       ratios.append(power(decay, n + 1, n))
     elif pos.layer == "scanned":
-      shape = [1] * (pos.axis + 1)
+      shape = [1] * pos.ndim
       shape[pos.axis] = pos.length
       index = np.arange(pos.length).reshape(shape)
       ratios.append(

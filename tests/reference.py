@@ -52,7 +52,9 @@ def paddle_no_decay(name: str) -> bool:
   return not (name.endswith("bias") or "norm" in name)
 
 
-def numpy_adamwdl(params, grad_fn, steps, *, lr, b1, b2, eps, wd, ratios, decay_mask):
+def numpy_adamwdl(
+  params, grad_fn, steps, *, lr, b1, b2, eps, wd, ratios, decay_mask, decay_follows_ratio=True
+):
   """AdamWDL per SEMANTICS.md, in float64, on a dict of NumPy arrays.
 
   ``grad_fn(params, t)`` returns the gradients at step t (1-based); ``lr`` is a
@@ -69,6 +71,10 @@ def numpy_adamwdl(params, grad_fn, steps, *, lr, b1, b2, eps, wd, ratios, decay_
       v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k]
       m_hat = m[k] / (1 - b1**t)
       v_hat = v[k] / (1 - b2**t)
-      step = m_hat / (np.sqrt(v_hat) + eps) + wd * float(decay_mask[k]) * p[k]
-      p[k] = p[k] - lr_t * ratios[k] * step
+      adam = m_hat / (np.sqrt(v_hat) + eps)
+      decay = wd * float(decay_mask[k]) * p[k]
+      if decay_follows_ratio:  # Paddle, timm: the layer's lr scales both
+        p[k] = p[k] - lr_t * ratios[k] * (adam + decay)
+      else:  # big_vision: the decay is scaled by the learning rate only
+        p[k] = p[k] - lr_t * (ratios[k] * adam + decay)
   return p

@@ -1,0 +1,314 @@
+"""Beyond the peers: scanned layers, several stacks, head multiplier, clamps, decoupled
+decay and depth-normalised exponents."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optax_adamwdl import adamwdl, lr_ratios, lr_table, scale_by_layerwise_lr
+from tests import flax_models, reference
+
+H, DEPTH, DECAY = 4, 3, 0.6
+
+
+class _Block(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return x + nn.Dense(H, name="Dense_1")(nn.gelu(nn.Dense(2 * H, name="Dense_0")(x)))
+
+
+class _ScanBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    return _Block(name="MlpBlock_0")(x), None
+
+
+class _Scanned(nn.Module):
+  """big_vision's ViT with scan=True: one "encoderblock" leaf per weight, layers on axis 0."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(H, name="embedding")(x)
+    blocks = nn.scan(
+      _ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=DEPTH
+    )
+    x, _ = blocks(name="encoderblock")(x, None)
+    return nn.Dense(2, name="head")(x)
+
+
+class _Unrolled(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(H, name="embedding")(x)
+    for i in range(DEPTH):
+      x = _Block(name=f"encoderblock_{i}")(x)  # same as _ScanBlock's MlpBlock_0
+    return nn.Dense(2, name="head")(x)
+
+
+def _unroll(tree):
+  """The scanned tree's parameters as the unrolled model lays them out."""
+  tree = dict(tree)
+  stacked = tree.pop("encoderblock")["MlpBlock_0"]
+  for i in range(DEPTH):
+    tree[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return tree
+
+
+def _steps(tx, params, grads, jit=True):
+  state = tx.init(params)
+  update = jax.jit(tx.update) if jit else tx.update
+  for g in grads:
+    updates, state = update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_scanned_and_unrolled_models_get_identical_updates(jit):
+  x = jnp.ones((2, H))
+  scanned = _Scanned().init(jax.random.key(0), x)["params"]
+  assert scanned["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].shape == (DEPTH, H, 2 * H)
+  grads = [
+    jax.grad(lambda p, t=t: jnp.sum(jnp.sin(_Scanned().apply({"params": p}, x * t))))(scanned)
+    for t in (1.0, 2.0, 3.0)
+  ]
+  tx_scanned = adamwdl(1e-2, layerwise_decay=DECAY, scan_axes={"encoderblock": 0})
+  tx_unrolled = adamwdl(1e-2, layerwise_decay=DECAY)
+  got = _unroll(_steps(tx_scanned, scanned, grads, jit))
+  want = _steps(tx_unrolled, _unroll(scanned), [_unroll(g) for g in grads], jit)
+  if jit:
+    # XLA folds lr * ratio into one constant for a scalar ratio but not for a vector:
+    # the products round differently, by an ulp of the update (~0.006, ulp 5e-10).
+    chex.assert_trees_all_close(got, want, rtol=3e-7, atol=1e-9)
+  else:
+    chex.assert_trees_all_equal(got, want)
+  # And the unrolled model is what Flax builds, so its names are the real ones.
+  real = _Unrolled().init(jax.random.key(0), x)["params"]
+  assert jax.tree.structure(real) == jax.tree.structure(want)
+
+
+def test_scanned_ratio_is_a_length_L_vector_and_n_layers_is_inferred():
+  scanned = _Scanned().init(jax.random.key(0), jnp.ones((2, H)))["params"]
+  ratios = lr_ratios(scanned, DECAY, scan_axes={"encoderblock": 0})
+  kernel = ratios["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"]
+  assert kernel.shape == (DEPTH, 1, 1)
+  np.testing.assert_array_equal(kernel.ravel(), [DECAY**3, DECAY**2, DECAY**1])
+  assert ratios["embedding"]["kernel"] == DECAY ** (DEPTH + 1)
+  assert ratios["head"]["kernel"] == 1.0
+  table = lr_table(scanned, DECAY, scan_axes={"encoderblock": 0})
+  assert [r.layer for r in table.rows] == ["embedding", "0", "1", "2", "other"]
+  per_layer = sum(x.size for x in jax.tree.leaves(scanned["encoderblock"])) // DEPTH
+  assert [r.n_params for r in table.rows[1:4]] == [per_layer] * 3
+
+
+def test_the_jitted_update_holds_no_array_larger_than_the_layer_vector():
+  scanned = _Scanned().init(jax.random.key(0), jnp.ones((2, H)))["params"]
+  tx = scale_by_layerwise_lr(DECAY, scan_axes={"encoderblock": 0})
+  jaxpr = jax.make_jaxpr(tx.update)(scanned, tx.init(scanned))
+  constants = [np.size(c) for c in jaxpr.consts]
+  literals = [np.size(v.val) for eqn in jaxpr.eqns for v in eqn.invars if hasattr(v, "val")]
+  assert max(constants + literals, default=0) <= DEPTH
+
+
+def test_scan_axis_1_as_in_t5x_and_maxtext():
+  params = {
+    "decoder": {"layers": {"mlp": {"wi": jnp.ones((H, DEPTH, 8))}}},
+    "token_embedder": {"embedding": jnp.ones((10, H))},
+  }
+  ratios = lr_ratios(params, 0.5, scan_axes={"layers": 1})
+  wi = ratios["decoder"]["layers"]["mlp"]["wi"]
+  assert wi.shape == (1, DEPTH, 1)
+  np.testing.assert_array_equal(wi.ravel(), [0.125, 0.25, 0.5])
+  assert ratios["token_embedder"]["embedding"] == 0.0625
+  by_function = lr_ratios(params, 0.5, scan_axes=lambda name: 1 if ".layers." in name else None)
+  np.testing.assert_array_equal(by_function["decoder"]["layers"]["mlp"]["wi"], wi)
+
+
+def test_scanned_layers_without_scan_axes_are_refused_with_a_hint():
+  scanned = _Scanned().init(jax.random.key(0), jnp.ones((2, H)))["params"]
+  with pytest.raises(ValueError, match=r"scanned layers .* pass scan_axes="):
+    adamwdl(layerwise_decay=DECAY).init(scanned)
+
+
+def test_bad_scan_axis_is_refused_naming_the_parameter():
+  with pytest.raises(ValueError, match=r"scan_axes gives axis 3 for parameter 'layers.w' of shape"):
+    lr_ratios({"layers": {"w": jnp.ones((2, 2))}}, 0.5, scan_axes={"layers": 3})
+
+
+# Several stacks or towers.
+
+
+def test_encoder_and_decoder_of_different_depths_each_get_their_own_ladder():
+  module, inputs, _ = flax_models.t5_style(4, 2)
+  params = module.init(jax.random.key(0), inputs)["params"]
+  merged = lr_ratios(params, 0.5)  # one depth for both: the decoder's top layer gets 0.5 ** 3
+  assert merged["decoder"]["block"]["1"]["mlp"]["kernel"] == 0.5**3
+  ratios = lr_ratios(params, 0.5, stacks=["encoder", "decoder"])
+  assert [ratios["encoder"]["block"][str(i)]["mlp"]["kernel"] for i in range(4)] == [
+    0.5**4,
+    0.5**3,
+    0.5**2,
+    0.5,
+  ]
+  assert [ratios["decoder"]["block"][str(i)]["mlp"]["kernel"] for i in range(2)] == [0.25, 0.5]
+  assert ratios["shared"]["embedding"] == 0.5**5  # below the deepest stack
+  assert ratios["lm_head"]["kernel"] == 1.0
+  rows = [r.layer for r in lr_table(params, 0.5, stacks=["encoder", "decoder"]).rows]
+  assert rows == [
+    "encoder 0",
+    "encoder 1",
+    "encoder 2",
+    "encoder 3",
+    "encoder other",
+    "decoder 0",
+    "decoder 1",
+    "decoder other",
+    "embedding",
+    "other",
+  ]
+
+
+def test_towers_with_their_own_decay_and_depth():
+  # CLIP-style towers; EVA-CLIP uses a different decay per tower.
+  params = {
+    "img": {"embedding": jnp.ones(2), "blocks": [jnp.ones(2)] * 3},
+    "txt": {"token_embedding": jnp.ones(2), "layers": [jnp.ones(2)] * 2},
+    "logit_scale": jnp.ones(()),
+  }
+  ratios = lr_ratios(params, 0.9, stacks={"img": {"decay": 0.5}, "txt": {"n_layers": 4}})
+  assert ratios["img"]["blocks"] == [0.125, 0.25, 0.5] and ratios["img"]["embedding"] == 0.0625
+  assert ratios["txt"]["layers"] == [0.9**4, 0.9**3] and ratios["txt"]["token_embedding"] == 0.9**5
+  assert ratios["logit_scale"] == 1.0
+
+
+@pytest.mark.parametrize(
+  "stacks, message",
+  [
+    (["encoder", "decodr"], r"stacks: no parameter name starts with 'decodr'"),
+    ({"encoder": {"depth": 3}}, r"stacks\['encoder'\] must be a non-empty prefix with options"),
+    ({"encoder": {"decay": -1.0}}, r"stacks\['encoder'\]\['decay'\] must be finite"),
+    ({"encoder": {"n_layers": 2}}, r"n_layers=2 but parameter 'encoder.block.3.*' reaches layer 3"),
+  ],
+)
+def test_bad_stacks_are_refused(stacks, message):
+  module, inputs, _ = flax_models.t5_style(4, 2)
+  params = module.init(jax.random.key(0), inputs)["params"]
+  with pytest.raises(ValueError, match=message):
+    adamwdl(layerwise_decay=0.5, stacks=stacks).init(params)
+
+
+# Head multiplier, clamps, decoupled decay, depth normalisation.
+
+
+def _bert_params(n_layers=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+    k: jnp.asarray(rng.normal(size=s), jnp.float32)
+    for k, s in reference.bert_paddle_names(n_layers).items()
+  }
+
+
+def test_head_ratio_multiplies_only_what_is_above_the_top_layer():
+  ratios = lr_ratios(_bert_params(), 0.5, head_ratio=10.0)
+  assert ratios["classifier.weight"] == 10.0 and ratios["pooler.dense.weight"] == 10.0
+  assert ratios["encoder.layers.3.linear1.weight"] == 0.5
+  assert ratios["embeddings.word_embeddings.weight"] == 0.5**5
+  # No custom rule needed, and no decay needed either.
+  assert lr_ratios(_bert_params(), 1.0, head_ratio=10.0)["encoder.layers.0.linear1.weight"] == 1.0
+
+
+def test_min_ratio_floors_every_ratio():
+  ratios = lr_ratios(_bert_params(), 0.5, min_ratio=0.1)
+  assert ratios["embeddings.word_embeddings.weight"] == 0.1  # 0.5 ** 5 = 0.03125
+  assert ratios["encoder.layers.0.linear1.weight"] == 0.1  # 0.0625
+  assert ratios["encoder.layers.1.linear1.weight"] == 0.125
+
+
+def test_freeze_below_zeroes_updates_and_allocates_no_moments():
+  params = _bert_params()
+  tx = adamwdl(1e-2, weight_decay=0.1, layerwise_decay=0.5, freeze_below=0.1)
+  state = tx.init(params)
+  frozen = [k for k in params if k.startswith(("embeddings.", "encoder.layers.0."))]
+  adam_state = state[1].inner_state
+  assert len(jax.tree.leaves(adam_state.mu)) == len(params) - len(frozen)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, state, params)
+  for k in params:
+    moved = bool(jnp.any(updates[k] != 0))
+    assert moved == (k not in frozen), k  # no step and no weight decay when frozen
+
+
+def test_freeze_below_with_a_traced_decay_is_a_clear_error():
+  tx = optax.inject_hyperparams(adamwdl)(layerwise_decay=0.5, freeze_below=0.1)
+  params = _bert_params()
+  state = tx.init(params)
+  with pytest.raises(TypeError, match="freeze_below needs a concrete layerwise_decay"):
+    jax.jit(tx.update)(params, state, params)
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_decay_follows_ratio_against_numpy(follows):
+  params = _bert_params(3, seed=1)
+  rng = np.random.default_rng(2)
+  grads = [
+    {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(5)
+  ]
+  tx = adamwdl(
+    2e-2,
+    weight_decay=0.3,
+    layerwise_decay=0.5,
+    decay_follows_ratio=follows,
+    apply_decay_param_fun=reference.paddle_no_decay,
+  )
+  got = _steps(tx, params, grads)
+  want = reference.numpy_adamwdl(
+    params,
+    lambda p, t: grads[t - 1],
+    5,
+    lr=2e-2,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    wd=0.3,
+    ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
+    decay_mask={k: reference.paddle_no_decay(k) for k in params},
+    decay_follows_ratio=follows,
+  )
+  for k in params:
+    np.testing.assert_allclose(got[k], want[k], rtol=0, atol=5e-6, err_msg=k)
+  other = reference.numpy_adamwdl(
+    params,
+    lambda p, t: grads[t - 1],
+    5,
+    lr=2e-2,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    wd=0.3,
+    ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
+    decay_mask={k: reference.paddle_no_decay(k) for k in params},
+    decay_follows_ratio=not follows,
+  )
+  k = "embeddings.word_embeddings.weight"
+  assert np.max(np.abs(np.asarray(got[k]) - other[k])) > 1e-4  # the two really differ
+
+
+@pytest.mark.parametrize("depth", [4, 12, 24])
+def test_depth_normalized_keeps_embedding_and_head_fixed(depth):
+  ratios = lr_ratios(_bert_params(depth), 0.5, depth_normalized=True)
+  assert ratios["embeddings.word_embeddings.weight"] == pytest.approx(0.5)
+  assert ratios["classifier.weight"] == 1.0
+  for i in range(depth):
+    # (L + 1 - d) / (L + 1) with d = i + 1
+    assert ratios[f"encoder.layers.{i}.linear1.weight"] == pytest.approx(
+      0.5 ** ((depth - i) / (depth + 1))
+    )
+
+
+def test_ladder_options_with_a_custom_rule_are_refused():
+  with pytest.raises(ValueError, match="set_param_lr_fun replaces it"):
+    lr_ratios(_bert_params(), 0.5, set_param_lr_fun=lambda d, n, name: 1.0, head_ratio=2.0)
