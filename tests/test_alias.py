@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from optax_adamwdl import adamwdl
 from tests import reference
+from tests.steps import run_steps
 
 STEPS = 6
 
@@ -25,16 +26,6 @@ def _problem(shapes, seed=0):
     {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(STEPS)
   ]
   return init, grads
-
-
-def _run(tx, init, grads, jit=True):
-  update = jax.jit(tx.update) if jit else tx.update
-  params = jax.tree.map(jnp.asarray, init)
-  state = tx.init(params)
-  for g in grads:
-    updates, state = update(g, state, params)
-    params = optax.apply_updates(params, updates)
-  return jax.tree.map(np.asarray, params), state
 
 
 def _assert_matches_reference(ours, ref, init):
@@ -60,7 +51,7 @@ def test_matches_numpy_restatement(jit, grad_scale):
     layerwise_decay=0.7,
     apply_decay_param_fun=reference.paddle_no_decay,
   )
-  ours, _ = _run(tx, init, grads, jit)
+  ours, _ = run_steps(tx, init, grads, jit)
   ref = reference.numpy_adamwdl(
     init,
     lambda p, t: grads[t - 1],
@@ -80,8 +71,8 @@ def test_decay_one_is_bitwise_optax_adamw_with_the_same_mask():
   shapes = reference.bert_paddle_names(2)
   init, grads = _problem(shapes, seed=1)
   mask = {k: reference.paddle_no_decay(k) for k in shapes}
-  ours, _ = _run(adamwdl(1e-2, weight_decay=0.05, mask=mask), init, grads)
-  theirs, _ = _run(optax.adamw(1e-2, weight_decay=0.05, mask=mask), init, grads)
+  ours, _ = run_steps(adamwdl(1e-2, weight_decay=0.05, mask=mask), init, grads)
+  theirs, _ = run_steps(optax.adamw(1e-2, weight_decay=0.05, mask=mask), init, grads)
   chex.assert_trees_all_equal(ours, theirs)
 
 
@@ -103,11 +94,13 @@ def test_mask_and_apply_decay_param_fun_agree():
     layerwise_decay=0.8,
     mask=lambda p: {k: reference.paddle_no_decay(k) for k in p},
   )
-  chex.assert_trees_all_equal(_run(by_name, init, grads)[0], _run(by_tree, init, grads)[0])
-  chex.assert_trees_all_equal(_run(by_name, init, grads)[0], _run(by_fn, init, grads)[0])
-  everything = _run(adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8), init, grads)[0]
+  chex.assert_trees_all_equal(
+    run_steps(by_name, init, grads)[0], run_steps(by_tree, init, grads)[0]
+  )
+  chex.assert_trees_all_equal(run_steps(by_name, init, grads)[0], run_steps(by_fn, init, grads)[0])
+  everything = run_steps(adamwdl(1e-2, weight_decay=0.3, layerwise_decay=0.8), init, grads)[0]
   assert not np.allclose(
-    everything["classifier.bias"], _run(by_name, init, grads)[0]["classifier.bias"]
+    everything["classifier.bias"], run_steps(by_name, init, grads)[0]["classifier.bias"]
   )
 
 
@@ -115,7 +108,7 @@ def test_weight_decay_schedule():
   shapes = {"encoder.layers.0.w": (3,), "encoder.layers.1.w": (3,), "head.w": (2,)}
   init, grads = _problem(shapes, seed=3)
   wd = optax.linear_schedule(0.0, 0.5, STEPS)
-  ours, _ = _run(adamwdl(1e-2, weight_decay=wd, layerwise_decay=0.5), init, grads)
+  ours, _ = run_steps(adamwdl(1e-2, weight_decay=wd, layerwise_decay=0.5), init, grads)
   # The NumPy reference takes a constant wd: check step by step instead.
   p = {k: np.float64(v) for k, v in init.items()}
   m = {k: 0.0 for k in p}
@@ -135,7 +128,7 @@ def test_deterministic_bit_for_bit():
   shapes = reference.bert_paddle_names(2)
   init, grads = _problem(shapes, seed=4)
   tx = adamwdl(1e-2, layerwise_decay=0.75)
-  chex.assert_trees_all_equal(_run(tx, init, grads), _run(tx, init, grads))
+  chex.assert_trees_all_equal(run_steps(tx, init, grads), run_steps(tx, init, grads))
 
 
 def test_mu_dtype_sets_the_first_moment_dtype():
@@ -151,14 +144,14 @@ def test_grad_clip_is_applied_to_raw_gradients_first():
   init, grads = _problem(shapes, seed=5)
   grads = jax.tree.map(lambda g: 100 * g, grads)
   clipped = [optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())[0] for g in grads]
-  with_clip = _run(
+  with_clip = run_steps(
     adamwdl(1e-2, layerwise_decay=0.5, grad_clip=optax.clip_by_global_norm(1.0), eps=1e-1),
     init,
     grads,
   )[0]
-  pre_clipped = _run(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, clipped)[0]
+  pre_clipped = run_steps(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, clipped)[0]
   chex.assert_trees_all_close(with_clip, pre_clipped, rtol=1e-6)
-  unclipped = _run(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, grads)[0]
+  unclipped = run_steps(adamwdl(1e-2, layerwise_decay=0.5, eps=1e-1), init, grads)[0]
   assert not np.allclose(with_clip["layers.0.w"], unclipped["layers.0.w"], rtol=1e-4)
 
 
@@ -279,7 +272,7 @@ def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, ext
   init, grads = _problem(shapes, seed)
   mask = {k: not k.endswith("bias") for k in shapes}
   tx = adamwdl(lr, b1, b2, eps, wd, layerwise_decay=decay, n_layers=n_layers, mask=mask)
-  ours, _ = _run(tx, init, grads)
+  ours, _ = run_steps(tx, init, grads)
   ratios = {k: reference.paddle_layerwise_lr_decay(decay, n_layers, k) for k in shapes}
   ref = reference.numpy_adamwdl(
     init,

@@ -10,6 +10,7 @@ import pytest
 
 from optax_adamwdl import adamwdl, lr_ratios
 from tests import reference
+from tests.steps import run_steps
 
 SHAPES = {
   "embeddings.w": (3,),
@@ -28,16 +29,6 @@ def _problem(seed, steps):
   return init, grads
 
 
-def _run(tx, init, grads):
-  params = jax.tree.map(jnp.asarray, init)
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  for g in grads:
-    updates, state = update(g, state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 def test_zero_d_arrays_equal_python_floats():
   init, grads = _problem(0, 4)
   floats = adamwdl(1e-2, 0.8, 0.99, 1e-6, 0.1, layerwise_decay=0.7)
@@ -51,7 +42,7 @@ def test_zero_d_arrays_equal_python_floats():
   )
   # Python floats are rounded to float32 after arithmetic like 1 - b1, arrays before it.
   chex.assert_trees_all_close(
-    _run(floats, init, grads)[0], _run(arrays, init, grads)[0], rtol=1e-6, atol=1e-7
+    run_steps(floats, init, grads)[0], run_steps(arrays, init, grads)[0], rtol=1e-6, atol=1e-7
   )
 
 
@@ -62,7 +53,7 @@ def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule():
   tx = optax.inject_hyperparams(adamwdl)(
     learning_rate=1e-2, weight_decay=0.1, layerwise_decay=decay
   )
-  params, state = _run(tx, init, grads)
+  params, state = run_steps(tx, init, grads)
   assert float(state.hyperparams["layerwise_decay"]) == pytest.approx(1.0)
 
   p = {k: np.float64(v) for k, v in init.items()}
@@ -100,7 +91,7 @@ def test_apply_if_finite_skips_a_bad_step_entirely():
   # The next good step is the step the run would have taken without the bad one.
   updates, state = update(grads[3], state, params)
   skipped = optax.apply_updates(params, updates)
-  clean, _ = _run(adamwdl(1e-2, layerwise_decay=0.6), init, [grads[0], grads[1], grads[3]])
+  clean, _ = run_steps(adamwdl(1e-2, layerwise_decay=0.6), init, [grads[0], grads[1], grads[3]])
   chex.assert_trees_all_close(skipped, clean, rtol=1e-6, atol=1e-7)
 
 
@@ -108,12 +99,12 @@ def test_multi_steps_accumulates_then_takes_one_adamwdl_step():
   init, grads = _problem(3, 6)
   k = 3
   tx = optax.MultiSteps(adamwdl(1e-2, layerwise_decay=0.6), every_k_schedule=k)
-  accumulated, _ = _run(tx, init, grads)
+  accumulated, _ = run_steps(tx, init, grads)
   means = [
     jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads[i : i + k])
     for i in range(0, len(grads), k)
   ]
-  direct, _ = _run(adamwdl(1e-2, layerwise_decay=0.6), init, means)
+  direct, _ = run_steps(adamwdl(1e-2, layerwise_decay=0.6), init, means)
   chex.assert_trees_all_close(accumulated, direct, rtol=1e-5, atol=1e-7)
 
 

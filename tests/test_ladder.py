@@ -11,6 +11,7 @@ import pytest
 
 from optax_adamwdl import adamwdl, lr_ratios, lr_table, scale_by_layerwise_lr
 from tests import flax_models, reference
+from tests.steps import run_steps
 
 H, DEPTH, DECAY = 4, 3, 0.6
 
@@ -58,15 +59,6 @@ def _unroll(tree):
   return tree
 
 
-def _steps(tx, params, grads, jit=True):
-  state = tx.init(params)
-  update = jax.jit(tx.update) if jit else tx.update
-  for g in grads:
-    updates, state = update(g, state, params)
-    params = optax.apply_updates(params, updates)
-  return params
-
-
 @pytest.mark.parametrize("jit", [False, True])
 def test_scanned_and_unrolled_models_get_identical_updates(jit):
   x = jnp.ones((2, H))
@@ -78,8 +70,8 @@ def test_scanned_and_unrolled_models_get_identical_updates(jit):
   ]
   tx_scanned = adamwdl(1e-2, layerwise_decay=DECAY, scan_axes={"encoderblock": 0})
   tx_unrolled = adamwdl(1e-2, layerwise_decay=DECAY)
-  got = _unroll(_steps(tx_scanned, scanned, grads, jit))
-  want = _steps(tx_unrolled, _unroll(scanned), [_unroll(g) for g in grads], jit)
+  got = _unroll(run_steps(tx_scanned, scanned, grads, jit)[0])
+  want = run_steps(tx_unrolled, _unroll(scanned), [_unroll(g) for g in grads], jit)[0]
   if jit:
     # XLA folds lr * ratio into one constant for a scalar ratio but not for a vector:
     # the products round differently, by an ulp of the update (~0.006, ulp 5e-10).
@@ -264,35 +256,26 @@ def test_decay_follows_ratio_against_numpy(follows):
     decay_follows_ratio=follows,
     apply_decay_param_fun=reference.paddle_no_decay,
   )
-  got = _steps(tx, params, grads)
-  want = reference.numpy_adamwdl(
-    params,
-    lambda p, t: grads[t - 1],
-    5,
-    lr=2e-2,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    wd=0.3,
-    ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
-    decay_mask={k: reference.paddle_no_decay(k) for k in params},
-    decay_follows_ratio=follows,
-  )
+  got = run_steps(tx, params, grads)[0]
+
+  def numpy_run(decay_follows_ratio):
+    return reference.numpy_adamwdl(
+      params,
+      lambda p, t: grads[t - 1],
+      5,
+      lr=2e-2,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      wd=0.3,
+      ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
+      decay_mask={k: reference.paddle_no_decay(k) for k in params},
+      decay_follows_ratio=decay_follows_ratio,
+    )
+
+  want, other = numpy_run(follows), numpy_run(not follows)
   for k in params:
     np.testing.assert_allclose(got[k], want[k], rtol=0, atol=5e-6, err_msg=k)
-  other = reference.numpy_adamwdl(
-    params,
-    lambda p, t: grads[t - 1],
-    5,
-    lr=2e-2,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    wd=0.3,
-    ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
-    decay_mask={k: reference.paddle_no_decay(k) for k in params},
-    decay_follows_ratio=not follows,
-  )
   k = "embeddings.word_embeddings.weight"
   assert np.max(np.abs(np.asarray(got[k]) - other[k])) > 1e-4  # the two really differ
 

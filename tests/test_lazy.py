@@ -1,13 +1,12 @@
 """lazy_mode against a NumPy statement of the rule in the issue."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from optax_adamwdl import adamwdl
+from tests.steps import run_steps
 
 SHAPES = {
   "embeddings.word": (6, 3),
@@ -54,23 +53,13 @@ def _numpy_lazy(init, grads, *, lr, b1, b2, eps, wd, ratios):
   return p, m, v
 
 
-def _run(tx, init, grads):
-  params = jax.tree.map(jnp.asarray, init)
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  for g in grads:
-    updates, state = update(g, state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lazy_mode_matches_numpy_rule(seed):
   rng = np.random.default_rng(100 + seed)
   init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
   grads = _grads(seed)
   tx = adamwdl(0.05, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.5, lazy_mode=True)
-  params, state = _run(tx, init, grads)
+  params, state = run_steps(tx, init, grads)
   ratios = {
     "embeddings.word": 0.125,
     "encoder.layers.0.w": 0.25,
@@ -85,7 +74,7 @@ def test_lazy_mode_matches_numpy_rule(seed):
     np.testing.assert_allclose(adam_state.mu[k], m[k], rtol=2e-6, atol=1e-7, err_msg=k)
     np.testing.assert_allclose(adam_state.nu[k], v[k], rtol=2e-6, atol=1e-9, err_msg=k)
   # And it differs from dense mode, so the rule was exercised.
-  dense, _ = _run(adamwdl(0.05, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.5), init, grads)
+  dense, _ = run_steps(adamwdl(0.05, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.5), init, grads)
   assert not np.allclose(dense["embeddings.word"], params["embeddings.word"])
 
 
@@ -93,8 +82,8 @@ def test_without_zero_rows_lazy_equals_dense_bitwise():
   rng = np.random.default_rng(5)
   init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
   grads = _grads(5, with_zero_rows=False)
-  lazy, lazy_state = _run(adamwdl(0.05, layerwise_decay=0.5, lazy_mode=True), init, grads)
-  dense, dense_state = _run(adamwdl(0.05, layerwise_decay=0.5), init, grads)
+  lazy, lazy_state = run_steps(adamwdl(0.05, layerwise_decay=0.5, lazy_mode=True), init, grads)
+  dense, dense_state = run_steps(adamwdl(0.05, layerwise_decay=0.5), init, grads)
   chex.assert_trees_all_equal(lazy, dense)
   chex.assert_trees_all_equal(lazy_state, dense_state)
 
