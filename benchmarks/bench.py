@@ -381,7 +381,7 @@ def format_table(rows: list[dict], compiles: dict, compile_tree: str) -> str:
       f"| {_fmt(r.get('state_over_params'), '{:.4f}')} | {_fmt(r.get('state_mib'), '{:.0f}')} "
       f"| {r['peak_mib']:.0f} |"
     )
-  adamw, ours = compiles["optax.adamw"], compiles["adamwdl"]
+  adamw = compiles["optax.adamw"]
   lines += [
     "",
     f"jit compile time, {compile_tree} tree (median of 3):",
@@ -394,7 +394,6 @@ def format_table(rows: list[dict], compiles: dict, compile_tree: str) -> str:
       lines.append(f"| {name} | not run: {c[:60]} | |")
     else:
       lines.append(f"| {name} | {c['seconds']:.2f} | {c['seconds'] / adamw['seconds']:.2f} |")
-  del ours
   machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
   lines += ["", f"Machine: {machine}; jax {_version('jax')}, optax {_version('optax')}."]
   return "\n".join(lines)

@@ -12,7 +12,8 @@ from optax_adamwdl.names import parameter_tree
 class LrTableRow(NamedTuple):
   """One group of parameters that share a layer and a ratio."""
 
-  layer: str  # "embedding", the layer index, or "other" (pooler, norm, head).
+  # "embedding", the layer index, or "other" (pooler, norm, head); "<stack> " first with stacks.
+  layer: str
   ratio: float
   n_params: int
   n_tensors: int
