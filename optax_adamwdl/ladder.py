@@ -120,9 +120,8 @@ def depths(names, where: list[Position], n_layers, stacks) -> dict[str | None, A
     members = [(n, p) for n, p in zip(names, where) if p.stack == stack]
     if stack is not None and not members:
       raise ValueError(f"stacks: no parameter name starts with {stack!r} ({first_names(names)}).")
-    given = n_layers if stack is None else stacks[stack]["n_layers"]
-    if given is None and stack is not None:
-      given = n_layers
+    own = stacks[stack]["n_layers"] if stack is not None else None
+    given = n_layers if own is None else own
     reaches = [(_reach(p), n) for n, p in members if _reach(p) is not None]
     found = max(reaches)[0] if reaches else None
     concrete = _checks.check_n_layers(given)

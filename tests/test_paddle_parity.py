@@ -18,6 +18,20 @@ from tests import reference
 paddle = pytest.importorskip("paddle")
 
 STEPS = 25
+HYPER = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
+
+
+def _our_adamwdl(**options):
+  """adamwdl with HYPER and the BERT no-decay rule, as the Paddle side is configured."""
+  return adamwdl(
+    HYPER["lr"],
+    HYPER["b1"],
+    HYPER["b2"],
+    HYPER["eps"],
+    HYPER["wd"],
+    apply_decay_param_fun=reference.paddle_no_decay,
+    **options,
+  )
 
 
 def _problem(shapes, seed=0):
@@ -100,24 +114,14 @@ def _assert_close_to_float32_rounding(ours, theirs, init):
 def test_matches_paddle_adamw_with_per_parameter_lr(n_layers, decay):
   shapes = reference.bert_paddle_names(n_layers=4)
   init, a, b, noise = _problem(shapes)
-  hyper = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
   depth = 4 if n_layers is None else n_layers
   ratios = {k: reference.paddle_layerwise_lr_decay(decay, depth, k) for k in shapes}
   assert len(set(ratios.values())) == 6  # embeddings, 4 layers, head
 
   theirs = _run_paddle(
-    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper
+    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **HYPER
   )
-  tx = adamwdl(
-    hyper["lr"],
-    hyper["b1"],
-    hyper["b2"],
-    hyper["eps"],
-    hyper["wd"],
-    layerwise_decay=decay,
-    n_layers=n_layers,
-    apply_decay_param_fun=reference.paddle_no_decay,
-  )
+  tx = _our_adamwdl(layerwise_decay=decay, n_layers=n_layers)
   ours = _run_ours(init, a, b, noise, tx)
   _assert_close_to_float32_rounding(ours, theirs, init)
 
@@ -126,21 +130,11 @@ def test_paddle_parity_would_catch_a_wrong_ladder():
   """The oracle can tell ratios apart: off-by-one depth gives a visible mismatch."""
   shapes = reference.bert_paddle_names(n_layers=4)
   init, a, b, noise = _problem(shapes)
-  hyper = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
   ratios = {k: reference.paddle_layerwise_lr_decay(0.75, 4, k) for k in shapes}
   theirs = _run_paddle(
-    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **hyper
+    init, a, b, noise, ratios, apply_decay_param_fun=reference.paddle_no_decay, **HYPER
   )
-  off_by_one = adamwdl(
-    hyper["lr"],
-    hyper["b1"],
-    hyper["b2"],
-    hyper["eps"],
-    hyper["wd"],
-    layerwise_decay=0.75,
-    n_layers=5,
-    apply_decay_param_fun=reference.paddle_no_decay,
-  )
+  off_by_one = _our_adamwdl(layerwise_decay=0.75, n_layers=5)
   ours = _run_ours(init, a, b, noise, off_by_one)
   with pytest.raises(AssertionError):
     _assert_close_to_float32_rounding(ours, theirs, init)
@@ -162,7 +156,6 @@ def test_matches_paddle_with_each_grad_clip(paddle_clip, our_clip):
   b = {k: 30 * v for k, v in b.items()}  # gradients of norm ~30 per element: clipping is active
   first_grads = {k: a[k] * init[k] - (b[k] - noise[0][k]) for k in init}
   assert min(np.abs(g).max() for g in first_grads.values()) > 2.0
-  hyper = dict(lr=2e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.05)
   ratios = {k: reference.paddle_layerwise_lr_decay(0.75, 3, k) for k in shapes}
   theirs = _run_paddle(
     init,
@@ -172,27 +165,10 @@ def test_matches_paddle_with_each_grad_clip(paddle_clip, our_clip):
     ratios,
     apply_decay_param_fun=reference.paddle_no_decay,
     grad_clip=paddle_clip(),
-    **hyper,
+    **HYPER,
   )
-  tx = adamwdl(
-    hyper["lr"],
-    hyper["b1"],
-    hyper["b2"],
-    hyper["eps"],
-    hyper["wd"],
-    layerwise_decay=0.75,
-    apply_decay_param_fun=reference.paddle_no_decay,
-    grad_clip=our_clip(),
-  )
+  tx = _our_adamwdl(layerwise_decay=0.75, grad_clip=our_clip())
   _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, tx), theirs, init)
-  unclipped = adamwdl(
-    hyper["lr"],
-    hyper["b1"],
-    hyper["b2"],
-    hyper["eps"],
-    hyper["wd"],
-    layerwise_decay=0.75,
-    apply_decay_param_fun=reference.paddle_no_decay,
-  )
+  unclipped = _our_adamwdl(layerwise_decay=0.75)
   with pytest.raises(AssertionError):  # clipping changed the trajectory
     _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, unclipped), theirs, init)
