@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -175,13 +175,27 @@ def lr_ratios(
   return jax.tree.structure(params).unflatten(ratios)
 
 
-def _scale(update: jax.Array, ratio: Any) -> jax.Array:
-  if isinstance(ratio, float) and ratio == 1.0:
-    return update
+def _scale(update: jax.Array, ratio: jax.Array) -> jax.Array:
   # The ratio is applied in at least float32, so that a bfloat16 update is not
   # scaled by a ratio rounded to bfloat16; XLA fuses this into the step.
   wide = jnp.promote_types(update.dtype, jnp.float32)
-  return (update.astype(wide) * jnp.asarray(ratio, wide)).astype(update.dtype)
+  return (update.astype(wide) * ratio.astype(wide)).astype(update.dtype)
+
+
+def _ratio_dtype(leaf: Any) -> Any:
+  return jnp.promote_types(getattr(leaf, "dtype", None) or jnp.result_type(leaf), jnp.float32)
+
+
+class ScaleByLayerwiseLrState(NamedTuple):
+  """The learning-rate ratio of each leaf, as arrays, in ``jax.tree.leaves`` order.
+
+  Kept as operands of the compiled step rather than constants in it, so that XLA
+  compiles one kernel per leaf shape instead of one per layer. A tree with no
+  leaves has an empty vector here (a leaf, so that ``optax.tree_map_params``'
+  placeholder state is a prefix of every state).
+  """
+
+  ratios: tuple[jax.Array, ...] | jax.Array
 
 
 def scale_by_layerwise_lr(
@@ -205,7 +219,10 @@ def scale_by_layerwise_lr(
   for a parameter in layer :math:`i_p` of :math:`L`, :math:`\\alpha^{L + 1}` for
   embeddings and ``head_ratio`` (1) for the rest; or
   ``set_param_lr_fun(layerwise_decay, n_layers, name)``. The ratios are
-  constants derived from the pytree paths at trace time; the state is empty.
+  computed from the pytree paths at ``init`` and kept in the state
+  (:class:`ScaleByLayerwiseLrState`), one scalar per leaf; given as arrays (as
+  ``optax.inject_hyperparams`` does), the hyperparameters are read again at
+  every ``update``.
 
   Args:
     layerwise_decay: the decay rate :math:`\\alpha`; ``1.0`` scales nothing.
@@ -262,19 +279,40 @@ def scale_by_layerwise_lr(
     freeze_below=freeze_below,
   )
 
+  dynamic = any(
+    isinstance(v, jax.Array)
+    for v in (layerwise_decay, n_layers, head_ratio, min_ratio, freeze_below)
+  )
+
   def ratios_for(tree):
     return leaf_ratios(
       *names_and_shapes(tree), layerwise_decay, n_layers, set_param_lr_fun, **options
     )
 
   def init_fn(params):
-    ratios_for(params)  # Raises here, at init, on a bad tree or rule.
-    return optax.EmptyState()
+    leaves = jax.tree.leaves(params)
+    ratios = ratios_for(params)  # Raises here, at init, on a bad tree or rule.
+    if not leaves:
+      return ScaleByLayerwiseLrState(jnp.zeros((0,), jnp.float32))
+    return ScaleByLayerwiseLrState(
+      tuple(jnp.asarray(r, _ratio_dtype(x)) for r, x in zip(ratios, leaves))
+    )
 
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    scaled = [_scale(u, r) for u, r in zip(leaves, ratios_for(updates))]
-    return treedef.unflatten(scaled), state
+    if not leaves:
+      return updates, state
+    stored = state.ratios
+    if not isinstance(stored, tuple) or len(stored) != len(leaves):
+      count = len(stored) if isinstance(stored, tuple) else 0
+      raise ValueError(
+        f"The scale_by_layerwise_lr state holds {count} ratios but the updates have "
+        f"{len(leaves)} leaves: init the optimizer with the parameters it updates."
+      )
+    if dynamic:  # Array hyperparameters (optax.inject_hyperparams) may change every step.
+      stored = tuple(jnp.asarray(r, s.dtype) for r, s in zip(ratios_for(updates), stored))
+    scaled = [_scale(u, r) for u, r in zip(leaves, stored)]
+    return treedef.unflatten(scaled), ScaleByLayerwiseLrState(stored)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -28,10 +28,10 @@ def _problem(shapes, seed=0):
   return init, grads
 
 
-def _assert_matches_reference(ours, ref, init):
+def _assert_matches_reference(ours, ref, init, bias_correction_slack=0.0):
   # float32 against float64: a few ulp of |p| per step, far below the step size.
   for k in init:
-    tol = 8 * STEPS * np.spacing(np.float32(np.max(np.abs(ref[k])) + 1))
+    tol = 8 * STEPS * np.spacing(np.float32(np.max(np.abs(ref[k])) + 1)) + bias_correction_slack
     np.testing.assert_allclose(ours[k], ref[k], rtol=0, atol=tol, err_msg=k)
 
 
@@ -286,7 +286,12 @@ def test_property_random_trees_match_numpy(tree, lr, b1, b2, eps, wd, decay, ext
     ratios=ratios,
     decay_mask=mask,
   )
-  _assert_matches_reference(ours, ref, init)
+  # In float32, 1 - b**t loses the digits of b**t: a relative error of about
+  # 2**-24 / (1 - b) (6e-4 for b2 = 0.9999), which scales each step's size.
+  # The step's direction m/sqrt(v) is below 3 here (6 steps).
+  conditioning = 2**-24 * (1 / (1 - b1) + 1 / (1 - b2))
+  slack = STEPS * lr * max(ratios.values()) * 3 * 2 * conditioning
+  _assert_matches_reference(ours, ref, init, slack)
 
 
 # Errors: at construction, naming the argument and its value.

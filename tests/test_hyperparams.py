@@ -46,14 +46,15 @@ def test_zero_d_arrays_equal_python_floats():
   )
 
 
-def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule():
+@pytest.mark.parametrize("jit", [False, True])  # eagerly, the decay is concrete at every step
+def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule(jit):
   steps = 5
   init, grads = _problem(1, steps)
   decay = optax.linear_schedule(0.5, 1.0, steps - 1)
   tx = optax.inject_hyperparams(adamwdl)(
     learning_rate=1e-2, weight_decay=0.1, layerwise_decay=decay
   )
-  params, state = run_steps(tx, init, grads)
+  params, state = run_steps(tx, init, grads, jit)
   assert float(state.hyperparams["layerwise_decay"]) == pytest.approx(1.0)
 
   p = {k: np.float64(v) for k, v in init.items()}

@@ -24,10 +24,42 @@ def test_scales_each_leaf_by_its_ratio(jit):
   update = jax.jit(tx.update) if jit else tx.update
   grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)
   scaled, state = update(grads, tx.init(params))
-  assert state == optax.EmptyState()
   for name, value in scaled.items():
     want = 3.0 * reference.paddle_layerwise_lr_decay(0.6, 4, name)
     np.testing.assert_allclose(value, want, rtol=1e-7, err_msg=name)
+
+
+def test_state_holds_each_leaf_ratio_as_an_operand_of_the_step():
+  params = _bert()
+  params["encoder.layers.0.linear1.weight"] = params["encoder.layers.0.linear1.weight"].astype(
+    jnp.bfloat16
+  )
+  tx = scale_by_layerwise_lr(0.6)
+  state = tx.init(params)
+  want = jax.tree.leaves(lr_ratios(params, 0.6))
+  assert [r.dtype for r in state.ratios] == [jnp.float32] * len(want)
+  np.testing.assert_array_equal(state.ratios, np.float32(want))
+  grads = jax.tree.map(jnp.ones_like, params)
+  # No ratio is baked into the step as a constant: XLA then compiles one kernel
+  # per leaf shape, not one per layer (the compile times in benchmarks/).
+  jaxpr = jax.make_jaxpr(tx.update)(grads, state)
+  constants = [np.asarray(c) for c in jaxpr.consts]
+  constants += [np.asarray(v.val) for e in jaxpr.eqns for v in e.invars if hasattr(v, "val")]
+  layered = np.float32([r for r in want if r != 1.0])
+  assert not any(np.isin(layered, c.astype(np.float32)).any() for c in constants)
+  _, new_state = jax.jit(tx.update)(grads, state)
+  chex.assert_trees_all_equal(new_state, state)
+
+
+def test_state_fits_tree_map_params_and_checks_its_tree():
+  params = _bert()
+  tx = scale_by_layerwise_lr(0.6)
+  shapes = optax.tree_map_params(
+    tx, lambda p: p.shape, tx.init(params), transform_non_params=lambda _: "replicated"
+  )
+  assert shapes.ratios == "replicated"  # one entry for the whole tuple: a prefix of the state
+  with pytest.raises(ValueError, match="holds 2 ratios but the updates have 3 leaves"):
+    tx.update([jnp.ones(2)] * 3, tx.init({"layers": [jnp.ones(2)] * 2}))
 
 
 def test_inferred_depth_equals_explicit_depth():
@@ -48,9 +80,10 @@ def test_traced_decay_matches_constant_decay():
   @jax.jit
   def scaled(decay):
     tx = scale_by_layerwise_lr(decay)
-    return tx.update(grads, optax.EmptyState())[0]
+    return tx.update(grads, tx.init(params))[0]
 
-  want = scale_by_layerwise_lr(0.7).update(grads, optax.EmptyState())[0]
+  tx = scale_by_layerwise_lr(0.7)
+  want = tx.update(grads, tx.init(params))[0]
   chex.assert_trees_all_close(scaled(jnp.float32(0.7)), want, rtol=1e-6)
 
 
