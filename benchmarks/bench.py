@@ -3,12 +3,16 @@
   python benchmarks/bench.py            # BERT-base (110M) and BERT-large (335M) trees
   python benchmarks/bench.py --quick    # small trees, seconds: the CI smoke test
 
-Every configuration runs in its own subprocess, one after the other in one run,
-so that each has its own peak memory; times are medians after a warm-up. Rows
-for PyTorch (``pip install torch``) and Paddle (``pip install paddlepaddle``)
-appear when those are installed. The table is printed and written, with a bar
-chart when matplotlib is installed, to ``--out`` (default
-``benchmarks/results``).
+The JAX configurations (optax.adamw, adamwdl, multi_transform, the triad) are
+timed in turn: one worker process holds them all, warm, and a round takes one
+step of each, in a rotating order; times are medians over the rounds and
+ratios are medians of the per-round ratios, with their quartiles. When memory
+allows, a second worker holds optax.adamw and adamwdl compiled with XLA:CPU's
+multi-output fusion, timed in the same rounds. Each configuration also runs
+alone in its own process, for its peak memory; PyTorch (``pip install torch``)
+and Paddle (``pip install paddlepaddle``), when installed, are timed there
+(median after a warm-up). The table is printed and written, with a bar chart
+when matplotlib is installed, to ``--out`` (default ``benchmarks/results``).
 """
 
 import argparse
@@ -119,78 +123,94 @@ def _jax_optimizer(kind: str, shapes: dict, layers: int):
   raise ValueError(kind)
 
 
-def run_jax(kind: str, tree: str, warmup: int, repeats: int) -> dict:
+def _jax_problem(tree: str):
+  """The parameters and one gradient of a BERT-shaped tree, and its parameter count."""
+  import jax
+
+  shapes = bert_shapes(**TREES[tree])
+  key = iter(jax.random.split(jax.random.key(0), 2 * len(shapes)))
+  params = {k: 0.02 * jax.random.normal(next(key), s) for k, s in shapes.items()}
+  grads = {k: 1e-3 * jax.random.normal(next(key), s) for k, s in shapes.items()}
+  return params, grads, sum(int(np.prod(s)) for s in shapes.values())
+
+
+def _state_sizes(state_leaves) -> dict:
+  """Bytes of the state's arrays, and how many scalars (step counts, ratios) it has besides."""
+  shapes = [tuple(x.shape) for x in state_leaves]
+  return dict(
+    state_bytes=sum(x.nbytes for x, s in zip(state_leaves, shapes) if s),
+    state_scalars=sum(1 for s in shapes if not s),
+  )
+
+
+def _jax_stepper(kind: str, tree: str, params, grads) -> tuple[Callable[[], None], dict]:
+  """A jitted, donated step of ``kind`` on a copy of ``params``, and what it moves and keeps."""
   import jax
   import jax.numpy as jnp
   import optax
 
-  spec = TREES[tree]
-  shapes = bert_shapes(**spec)
-  key = iter(jax.random.split(jax.random.key(0), 2 * len(shapes)))
-  params = {k: 0.02 * jax.random.normal(next(key), s) for k, s in shapes.items()}
-  n = sum(int(np.prod(s)) for s in shapes.values())
+  n = sum(x.size for x in jax.tree.leaves(params))
+  carry = {"p": jax.tree.map(jnp.copy, params)}  # each configuration donates its own copy
   if kind == "triad":
-    b = {k: jax.random.normal(next(key), s) for k, s in shapes.items()}
-    c = jax.tree.map(jnp.ones_like, b)
+    c = jax.tree.map(jnp.ones_like, grads)
     triad = jax.jit(
       lambda a, b, c: jax.tree.map(lambda x, y, z: x + 1e-3 * y * z, a, b, c), donate_argnums=0
     )
-    state = {"a": params}
 
     def step():
-      state["a"] = triad(state["a"], b, c)
-      jax.block_until_ready(state["a"])
+      carry["p"] = triad(carry["p"], grads, c)
+      jax.block_until_ready(carry["p"])
 
-    seconds = _median_time(step, warmup, repeats)
-    return dict(seconds=seconds, n=n, bytes=BYTES_PER_TRIAD_ELEMENT * n, peak_mib=_peak_rss_mib())
-  grads = {k: 1e-3 * jax.random.normal(next(key), s) for k, s in shapes.items()}
-  tx = _jax_optimizer(kind, shapes, spec["layers"])
-  opt_state = tx.init(params)
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(opt_state))
+    return step, dict(n=n, bytes=BYTES_PER_TRIAD_ELEMENT * n)
+  shapes = {k: v.shape for k, v in params.items()}
+  tx = _jax_optimizer(kind, shapes, TREES[tree]["layers"])
+  carry["s"] = tx.init(carry["p"])
 
-  @jax.jit
   def _step(params, opt_state, grads):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
   train_step = jax.jit(_step, donate_argnums=(0, 1))
-  carry = {"p": params, "s": opt_state}
 
   def step():
     carry["p"], carry["s"] = train_step(carry["p"], carry["s"], grads)
     jax.block_until_ready(carry["p"])
 
+  info = dict(n=n, bytes=BYTES_PER_ADAMW_PARAM * n, param_bytes=4 * n)
+  return step, info | _state_sizes(jax.tree.leaves(carry["s"]))
+
+
+def run_jax(kind: str, tree: str, warmup: int, repeats: int) -> dict:
+  params, grads, _ = _jax_problem(tree)
+  step, info = _jax_stepper(kind, tree, params, grads)
+  del params
   seconds = _median_time(step, warmup, repeats)
-  return dict(
-    seconds=seconds,
-    n=n,
-    bytes=BYTES_PER_ADAMW_PARAM * n,
-    state_bytes=state_bytes,
-    param_bytes=4 * n,
-    peak_mib=_peak_rss_mib(),
-  )
+  return info | dict(seconds=seconds, peak_mib=_peak_rss_mib())
 
 
-def compile_seconds(kind: str, tree: str, repeats: int) -> dict:
+def compile_seconds(kinds: list[str], tree: str, rounds: int) -> dict[str, list[float]]:
+  """Seconds to trace, lower and compile a donated step of each kind, in turn, ``rounds`` times."""
   import jax
   import optax
 
   spec = TREES[tree]
   shapes = bert_shapes(**spec)
   abstract = {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}
-  times = []
-  for _ in range(repeats):
-    tx = _jax_optimizer(kind, shapes, spec["layers"])
-    state = jax.eval_shape(tx.init, abstract)
+  times = {k: [] for k in kinds}
+  for r in range(-1, rounds):  # round -1 warms up (first-use costs), and is dropped
+    for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+      tx = _jax_optimizer(kind, shapes, spec["layers"])
+      state = jax.eval_shape(tx.init, abstract)
 
-    def step(params, opt_state, grads, tx=tx):
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
+      def step(params, opt_state, grads, tx=tx):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
-    start = time.perf_counter()
-    jax.jit(step, donate_argnums=(0, 1)).lower(abstract, state, abstract).compile()
-    times.append(time.perf_counter() - start)
-  return dict(seconds=statistics.median(times))
+      start = time.perf_counter()
+      jax.jit(step, donate_argnums=(0, 1)).lower(abstract, state, abstract).compile()
+      if r >= 0:
+        times[kind].append(time.perf_counter() - start)
+  return times
 
 
 # --- PyTorch and Paddle ------------------------------------------------------------------------
@@ -215,19 +235,14 @@ def run_torch(kind: str, tree: str, warmup: int, repeats: int) -> dict:
   opt = torch.optim.AdamW(param_groups, lr=LR, **options)
   n = sum(p.numel() for p in params.values())
   seconds = _median_time(opt.step, warmup, repeats)
-  state_bytes = sum(
-    t.numel() * t.element_size()
-    for s in opt.state.values()
-    for t in s.values()
-    if torch.is_tensor(t)
-  )
+  state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
   return dict(
     seconds=seconds,
     n=n,
     bytes=BYTES_PER_ADAMW_PARAM * n,
-    state_bytes=state_bytes,
     param_bytes=4 * n,
     peak_mib=_peak_rss_mib(),
+    **_state_sizes(state),
   )
 
 
@@ -293,68 +308,186 @@ def isolated(runner, *args) -> dict | str:
   return value if status == "ok" else str(value)
 
 
+MULTI_OUTPUT_FUSION = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+JAX_KINDS = ["triad", "optax.adamw", "adamwdl", "multi_transform"]
+
+
+def _serve(conn, tree: str, kinds: list[str], xla_flags: str, warmup: int) -> None:
+  """A worker process: holds a warm step of each of ``kinds``, times one step per request."""
+  try:
+    if xla_flags:  # before jax loads in this fresh process
+      os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    params, grads, _ = _jax_problem(tree)
+    steps = {k: _jax_stepper(k, tree, params, grads)[0] for k in kinds}
+    del params
+    for step in steps.values():
+      for _ in range(warmup):
+        step()
+  except Exception as error:
+    conn.send(f"{type(error).__name__}: {error}")
+    return
+  conn.send("ready")
+  while (kind := conn.recv()) is not None:
+    start = time.perf_counter()
+    steps[kind]()
+    conn.send(time.perf_counter() - start)
+
+
+def interleaved(tree: str, workers: dict[str, list[str]], rounds: int, warmup: int) -> dict:
+  """Step times of several configurations, taken in turn, one step each per round.
+
+  ``workers`` maps XLA_FLAGS to the kinds one process holds with them (all in
+  memory at once). Taking the configurations in turn, in a rotating order,
+  exposes them to the same load from the machine's other tenants, so that the
+  per-round ratios are far steadier than times taken one configuration after
+  the other. Returns {label: [seconds per round] or an error message}; a label
+  is the kind, with " + multi-output fusion" under that flag.
+  """
+  context = multiprocessing.get_context("spawn")
+  times, order = {}, []
+  live = []
+  for flags, kinds in workers.items():
+    suffix = " + multi-output fusion" if flags == MULTI_OUTPUT_FUSION else ""
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(child, tree, kinds, flags, warmup))
+    process.start()  # one at a time: a worker compiling would slow the others
+    try:
+      status = parent.recv()
+    except EOFError:  # the process died, e.g. on an XLA flag this jaxlib does not know
+      status = f"worker exited with code {process.join() or process.exitcode}"
+    for kind in kinds:
+      times[kind + suffix] = [] if status == "ready" else status
+      if status == "ready":
+        order.append((parent, kind, kind + suffix))
+    live.append((parent, process))
+  for r in range(rounds):
+    shift = r % max(len(order), 1)
+    for conn, kind, label in order[shift:] + order[:shift]:
+      conn.send(kind)
+      times[label].append(conn.recv())
+  for conn, process in live:
+    if process.is_alive():
+      conn.send(None)
+    process.join()
+  return times
+
+
 def _available(module: str) -> bool:
   import importlib.util
 
   return importlib.util.find_spec(module) is not None
 
 
+def _memory_bytes() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+  q1, q2, q3 = np.percentile(values, [25, 50, 75])
+  return float(q1), float(q2), float(q3)
+
+
+def tree_rows(tree: str, n: int, times: dict, solo: dict) -> list[dict]:
+  """The table's rows for one tree: JAX from ``times`` (in turn), the rest from ``solo``."""
+  triad, adamw = times["triad"], times["optax.adamw"]
+  if isinstance(triad, str) or isinstance(adamw, str):
+    error = triad if isinstance(triad, str) else adamw
+    return [dict(tree=tree, optimizer=k, error=error) for k in times]
+  triad_s, adamw_s = statistics.median(triad), statistics.median(adamw)
+  bytes_ratio = BYTES_PER_ADAMW_PARAM / BYTES_PER_TRIAD_ELEMENT
+  rows = []
+
+  def row(kind, seconds, vs_adamw, pct_triad, memory):
+    memory = memory if isinstance(memory, dict) else {}
+    state = memory.get("state_bytes")
+    return dict(
+      tree=tree,
+      optimizer=kind,
+      params_m=n / 1e6,
+      step_ms=1e3 * seconds,
+      vs_adamw=vs_adamw,
+      gb_s=BYTES_PER_ADAMW_PARAM * n / seconds / 1e9,
+      pct_triad=pct_triad,
+      state_over_params=state / memory["param_bytes"] if state else None,
+      state_scalars=memory.get("state_scalars"),
+      state_mib=state / 2**20 if state else None,
+      peak_mib=memory.get("peak_mib"),
+    )
+
+  for label, seconds in times.items():
+    if label == "triad":
+      continue
+    if isinstance(seconds, str):
+      rows.append(dict(tree=tree, optimizer=label, error=seconds))
+      continue
+    ratios = [t / a for t, a in zip(seconds, adamw)]  # paired: the same round
+    pct = [100 * bytes_ratio * d / t for t, d in zip(seconds, triad)]
+    rows.append(
+      row(
+        label, statistics.median(seconds), _quartiles(ratios), _quartiles(pct)[1], solo.get(label)
+      )
+    )
+  for kind, r in solo.items():
+    if kind in times:
+      continue
+    if isinstance(r, str):
+      rows.append(dict(tree=tree, optimizer=kind, error=r))
+      continue
+    pct = 100 * bytes_ratio * triad_s / r["seconds"]
+    rows.append(row(kind, r["seconds"], (None, r["seconds"] / adamw_s, None), pct, r))
+  triad_memory = solo.get("triad")
+  rows.append(
+    dict(
+      tree=tree,
+      optimizer="triad a += s*b*c",
+      params_m=n / 1e6,
+      step_ms=1e3 * triad_s,
+      gb_s=BYTES_PER_TRIAD_ELEMENT * n / triad_s / 1e9,
+      pct_triad=100.0,
+      peak_mib=triad_memory.get("peak_mib") if isinstance(triad_memory, dict) else None,
+    )
+  )
+  return rows
+
+
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny trees, a few steps (CI)")
   parser.add_argument("--trees", nargs="*", default=None)
-  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--repeats", type=int, default=None, help="timed steps, PyTorch and Paddle")
+  parser.add_argument("--rounds", type=int, default=None, help="timed steps in turn, JAX")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = parser.parse_args(argv)
   trees = args.trees or (["tiny"] if args.quick else ["bert-base", "bert-large"])
   repeats = args.repeats or (3 if args.quick else 10)
+  rounds = args.rounds or (5 if args.quick else 30)
   warmup = 1 if args.quick else 3
 
-  kinds = ["triad", "optax.adamw", "adamwdl", "multi_transform"]
-  if _available("torch"):
-    kinds += ["torch foreach", "torch fused"]
-  if _available("paddle"):
-    kinds += ["paddle AdamW"]
-
+  others = [
+    k
+    for k, module in (
+      ("torch foreach", "torch"),
+      ("torch fused", "torch"),
+      ("paddle AdamW", "paddle"),
+    )
+    if _available(module)
+  ]
   rows = []
   for tree in trees:
-    results = {k: isolated(RUNNERS[k], k, tree, warmup, repeats) for k in kinds}
-    triad, adamw = results["triad"], results["optax.adamw"]
-    triad_bw = triad["bytes"] / triad["seconds"]
-    for kind in kinds[1:]:
-      r = results[kind]
-      if isinstance(r, str):
-        rows.append(dict(tree=tree, optimizer=kind, error=r))
-        continue
-      bandwidth = r["bytes"] / r["seconds"]
-      rows.append(
-        dict(
-          tree=tree,
-          optimizer=kind,
-          params_m=r["n"] / 1e6,
-          step_ms=1e3 * r["seconds"],
-          vs_adamw=r["seconds"] / adamw["seconds"],
-          gb_s=bandwidth / 1e9,
-          pct_triad=100 * bandwidth / triad_bw,
-          state_over_params=(r["state_bytes"] / r["param_bytes"]) if r.get("state_bytes") else None,
-          state_mib=(r["state_bytes"] / 2**20) if r.get("state_bytes") else None,
-          peak_mib=r["peak_mib"],
-        )
-      )
-    rows.append(
-      dict(
-        tree=tree,
-        optimizer="triad a += s*b*c",
-        params_m=triad["n"] / 1e6,
-        step_ms=1e3 * triad["seconds"],
-        gb_s=triad_bw / 1e9,
-        pct_triad=100.0,
-        peak_mib=triad["peak_mib"],
-      )
-    )
+    n = sum(int(np.prod(s)) for s in bert_shapes(**TREES[tree]).values())
+    # Alone, each configuration's own process gives its peak memory (and the
+    # others' step times); taken in turn, the JAX ones give the step times.
+    solo = {k: isolated(RUNNERS[k], k, tree, 1, 2) for k in JAX_KINDS}
+    solo |= {k: isolated(RUNNERS[k], k, tree, warmup, repeats) for k in others}
+    workers = {"": JAX_KINDS}
+    if 76 * n < 0.7 * _memory_bytes():  # 48 bytes/param for those, 28 for these
+      workers[MULTI_OUTPUT_FUSION] = ["optax.adamw", "adamwdl"]
+    times = interleaved(tree, workers, rounds, warmup)
+    rows += tree_rows(tree, n, times, solo)
 
   compile_tree = "tiny" if args.quick else "bert-large"
-  compiles = {k: isolated(compile_seconds, k, compile_tree, 3) for k in ("optax.adamw", "adamwdl")}
+  compile_rounds = 2 if args.quick else 7
+  compiles = isolated(compile_seconds, ["optax.adamw", "adamwdl"], compile_tree, compile_rounds)
   table = format_table(rows, compiles, compile_tree)
   print(table)
   write_results(args.out, table, rows, compiles)
@@ -365,35 +498,39 @@ def _fmt(value, pattern):
   return "" if value is None else pattern.format(value)
 
 
+def _vs_adamw(quartiles) -> str:
+  if quartiles is None:
+    return ""
+  q1, median, q3 = quartiles
+  return f"{median:.3f}" if q1 is None else f"{median:.3f} ({q1:.3f}–{q3:.3f})"
+
+
 def format_table(rows: list[dict], compiles: dict, compile_tree: str) -> str:
   header = (
     "| tree | optimizer | params (M) | step (ms) | × optax.adamw | GB/s | % of triad "
-    "| state / params | state (MiB) | peak RSS (MiB) |"
+    "| state / params | + scalars | state (MiB) | peak RSS (MiB) |"
   )
-  lines = [header, "|" + " --- |" * 10]
+  lines = [header, "|" + " --- |" * 11]
   for r in rows:
     if "error" in r:
-      lines.append(f"| {r['tree']} | {r['optimizer']} | not run: {r['error'][:60]} |" + " |" * 7)
+      lines.append(f"| {r['tree']} | {r['optimizer']} | not run: {r['error'][:60]} |" + " |" * 8)
       continue
     lines.append(
       f"| {r['tree']} | {r['optimizer']} | {r['params_m']:.1f} | {r['step_ms']:.1f} "
-      f"| {_fmt(r.get('vs_adamw'), '{:.3f}')} | {r['gb_s']:.2f} | {r['pct_triad']:.0f}% "
-      f"| {_fmt(r.get('state_over_params'), '{:.4f}')} | {_fmt(r.get('state_mib'), '{:.0f}')} "
-      f"| {r['peak_mib']:.0f} |"
+      f"| {_vs_adamw(r.get('vs_adamw'))} | {r['gb_s']:.2f} | {r['pct_triad']:.0f}% "
+      f"| {_fmt(r.get('state_over_params'), '{:.4f}')} | {_fmt(r.get('state_scalars'), '{}')} "
+      f"| {_fmt(r.get('state_mib'), '{:.0f}')} | {_fmt(r.get('peak_mib'), '{:.0f}')} |"
     )
-  adamw = compiles["optax.adamw"]
-  lines += [
-    "",
-    f"jit compile time, {compile_tree} tree (median of 3):",
-    "",
-    "| optimizer | compile (s) | × optax.adamw |",
-    "| --- | --- | --- |",
-  ]
-  for name, c in compiles.items():
-    if isinstance(c, str):
-      lines.append(f"| {name} | not run: {c[:60]} | |")
-    else:
-      lines.append(f"| {name} | {c['seconds']:.2f} | {c['seconds'] / adamw['seconds']:.2f} |")
+  lines += ["", f"jit compile time of the step, {compile_tree} tree, compiled in turn:", ""]
+  if isinstance(compiles, str):
+    lines.append(f"not run: {compiles[:60]}")
+  else:
+    lines += ["| optimizer | compile (s) | × optax.adamw |", "| --- | --- | --- |"]
+    for name, seconds in compiles.items():
+      ratios = [t / a for t, a in zip(seconds, compiles["optax.adamw"])]
+      lines.append(
+        f"| {name} | {statistics.median(seconds):.2f} | {_vs_adamw(_quartiles(ratios))} |"
+      )
   machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
   lines += ["", f"Machine: {machine}; jax {_version('jax')}, optax {_version('optax')}."]
   return "\n".join(lines)

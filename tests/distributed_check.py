@@ -1,7 +1,7 @@
 """Run by test_distributed.py in a process with 8 CPU devices (XLA_FLAGS set before jax loads).
 
 The same adamwdl steps on one device, under jax.pmap with averaged gradients,
-and under jax.jit with parameters sharded over a 2-D mesh must agree to 1e-6,
+and under jax.jit with parameters sharded over a 2-D mesh must agree to 1e-5,
 with the optimizer state sharded like the parameters and no all-gather.
 """
 
@@ -140,7 +140,11 @@ def main():
       float(jnp.max(jnp.abs(a - b)))
       for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference))
     )
-    assert err <= 1e-6, (name, err)
+    # The gradients are reduced in another order, and Adam's m / sqrt(v) passes
+    # that rounding on at full size where a gradient is a near-cancelling sum
+    # (measured up to 1.7e-6 here). A ratio off by one layer would move a whole
+    # layer by 3e-3 or more.
+    assert err <= 1e-5, (name, err)
     print(f"{name}: max |difference| from one device = {err:.2e} (moved {moved:.2e})")
 
 
