@@ -104,8 +104,8 @@ def leaf_ratios(
     return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
   stacks = ladder.check_stacks(stacks)
   decay = _checks.concrete_number("layerwise_decay", layerwise_decay)
-  # A concrete decay reaches the rule as a Python float, so that the ratios are
-  # constants even when the decay was given as an array and the update is jitted.
+  # A concrete decay reaches the rule as a Python float, so that its ratios are
+  # concrete (and checked) even when the decay was given as an array.
   rate = layerwise_decay if decay is None else decay
   head = _checks.concrete_number("head_ratio", head_ratio)  # None when traced
   head_ratio = head_ratio if head is None else head

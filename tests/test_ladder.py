@@ -72,12 +72,7 @@ def test_scanned_and_unrolled_models_get_identical_updates(jit):
   tx_unrolled = adamwdl(1e-2, layerwise_decay=DECAY)
   got = _unroll(run_steps(tx_scanned, scanned, grads, jit)[0])
   want = run_steps(tx_unrolled, _unroll(scanned), [_unroll(g) for g in grads], jit)[0]
-  if jit:
-    # XLA folds lr * ratio into one constant for a scalar ratio but not for a vector:
-    # the products round differently, by an ulp of the update (~0.006, ulp 5e-10).
-    chex.assert_trees_all_close(got, want, rtol=3e-7, atol=1e-9)
-  else:
-    chex.assert_trees_all_equal(got, want)
+  chex.assert_trees_all_equal(got, want)
   # And the unrolled model is what Flax builds, so its names are the real ones.
   real = _Unrolled().init(jax.random.key(0), x)["params"]
   assert jax.tree.structure(real) == jax.tree.structure(want)

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -54,4 +55,7 @@ def test_benchmark_quick_mode_prints_its_table(tmp_path):
   assert {"optax.adamw", "adamwdl", "multi_transform", "triad a += s*b*c"} <= set(rows)
   assert "not run" not in rows["adamwdl"]
   assert "| 2.0000 |" in rows["adamwdl"]  # state = 2x the parameters (+ scalars)
+  assert re.search(r"\| \d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\) \|", rows["adamwdl"])  # paired ratio
+  compile_rows = [line for line in lines if line.startswith("| adamwdl |")]
+  assert len(compile_rows) == 1 and "not run" not in compile_rows[0]
   assert (tmp_path / "results.md").read_text().strip() == result.stdout.strip()
