@@ -351,10 +351,12 @@ def interleaved(tree: str, workers: dict[str, list[str]], rounds: int, warmup: i
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(child, tree, kinds, flags, warmup))
     process.start()  # one at a time: a worker compiling would slow the others
+    child.close()  # so that recv() sees the end of a worker that died
     try:
       status = parent.recv()
     except EOFError:  # the process died, e.g. on an XLA flag this jaxlib does not know
-      status = f"worker exited with code {process.join() or process.exitcode}"
+      process.join()
+      status = f"worker exited with code {process.exitcode}"
     for kind in kinds:
       times[kind + suffix] = [] if status == "ready" else status
       if status == "ready":
