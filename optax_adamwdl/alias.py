@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from optax_adamwdl import _checks
+from optax_adamwdl.fusion import single_pass
 from optax_adamwdl.ladder import ScanAxes, Stacks
 from optax_adamwdl.layerwise import (
   SetParamLrFun,
@@ -217,7 +218,7 @@ def adamwdl(
     adam, decay = optax.masked(adam, trainable), optax.masked(decay, trainable)
   tx = optax.chain(
     grad_clip if grad_clip is not None else optax.identity(),
-    adam,
+    single_pass(adam),
     *((decay, scale) if decay_follows_ratio else (scale, decay)),
     optax.scale_by_learning_rate(learning_rate),
   )
