@@ -488,7 +488,7 @@ def main(argv=None) -> list[dict]:
     rows += tree_rows(tree, n, times, solo)
 
   compile_tree = "tiny" if args.quick else "bert-large"
-  compile_rounds = 2 if args.quick else 7
+  compile_rounds = 2 if args.quick else 15
   compiles = isolated(compile_seconds, ["optax.adamw", "adamwdl"], compile_tree, compile_rounds)
   table = format_table(rows, compiles, compile_tree)
   print(table)

@@ -164,7 +164,8 @@ def adamwdl(
 
   Returns:
     An ``optax.GradientTransformation``: the chain of ``grad_clip``,
-    ``optax.scale_by_adam``, ``optax.add_decayed_weights``,
+    ``optax.scale_by_adam`` (arranged for one pass over memory when XLA:CPU's
+    multi-output fusion is on; same values), ``optax.add_decayed_weights``,
     :func:`optax_adamwdl.scale_by_layerwise_lr` (before the decay when
     ``decay_follows_ratio=False``) and ``optax.scale_by_learning_rate``, wrapped in
     :func:`optax_adamwdl.update_nonzero_rows` (``lazy_mode``) and then
