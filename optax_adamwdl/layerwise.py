@@ -183,7 +183,8 @@ def _scale(update: jax.Array, ratio: jax.Array) -> jax.Array:
 
 
 def _ratio_dtype(leaf: Any) -> Any:
-  return jnp.promote_types(getattr(leaf, "dtype", None) or jnp.result_type(leaf), jnp.float32)
+  dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 class ScaleByLayerwiseLrState(NamedTuple):
