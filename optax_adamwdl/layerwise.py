@@ -57,19 +57,27 @@ def _custom_ratios(names, rate, n_layers, set_param_lr_fun, concrete_decay):
 
 
 def _clamp(ratio: Any, min_ratio: Any, freeze_below: float | None) -> Any:
-  """Raises ratios to ``min_ratio``, then zeroes those below ``freeze_below``."""
+  """Raises ratios to ``min_ratio``, then zeroes those below ``freeze_below``.
+
+  In NumPy (or Python) when every value is concrete, so that the ratios stay
+  concrete inside a ``jit`` trace too; in ``jax.numpy`` when one is an array.
+  """
   if _checks.concrete_number("min_ratio", min_ratio) != 0.0:  # traced or positive
-    ratio = jnp.maximum(ratio, min_ratio) if _any_array(ratio, min_ratio) else max(ratio, min_ratio)
+    xp = _array_module(ratio, min_ratio)
+    ratio = max(ratio, min_ratio) if xp is None else xp.maximum(ratio, min_ratio)
   if freeze_below is not None:
-    if _any_array(ratio, freeze_below):
-      ratio = jnp.where(ratio < freeze_below, 0.0, ratio)
-    else:
+    xp = _array_module(ratio, freeze_below)
+    if xp is None:
       ratio = 0.0 if ratio < freeze_below else ratio
+    else:
+      ratio = xp.where(ratio < freeze_below, 0.0, ratio)
   return ratio
 
 
-def _any_array(*values: Any) -> bool:
-  return any(isinstance(v, jax.Array | np.ndarray) for v in values)
+def _array_module(*values: Any) -> Any:
+  if any(isinstance(v, jax.Array) for v in values):
+    return jnp
+  return np if any(isinstance(v, np.ndarray) for v in values) else None
 
 
 def leaf_ratios(
@@ -179,6 +187,8 @@ def _scale(update: jax.Array, ratio: jax.Array) -> jax.Array:
   # The ratio is applied in at least float32, so that a bfloat16 update is not
   # scaled by a ratio rounded to bfloat16; XLA fuses this into the step.
   wide = jnp.promote_types(update.dtype, jnp.float32)
+  if update.dtype == ratio.dtype == wide:
+    return update * ratio  # the common case, kept short: this runs for every leaf at every trace
   return (update.astype(wide) * ratio.astype(wide)).astype(update.dtype)
 
 
@@ -187,13 +197,41 @@ def _ratio_dtype(leaf: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-class ScaleByLayerwiseLrState(NamedTuple):
-  """The learning-rate ratio of each leaf, as arrays, in ``jax.tree.leaves`` order.
+def _distinct(ratios: Sequence[Any], leaves: Sequence[Any]) -> tuple[list[np.ndarray], list[int]]:
+  """The distinct concrete ratios, in order of first use, and each leaf's index among them.
 
-  Kept as operands of the compiled step rather than constants in it, so that XLA
-  compiles one kernel per leaf shape instead of one per layer. A tree with no
-  leaves has an empty vector here (a leaf, so that ``optax.tree_map_params``'
-  placeholder state is a prefix of every state).
+  A ratio shared by leaves of several dtypes is kept in the widest of their
+  ratio dtypes (float32, or float64 for float64 leaves).
+  """
+  position: dict[tuple, int] = {}  # (shape, bytes) of the ratio -> its place in values
+  values: list[np.ndarray] = []  # in float64 until every leaf's dtype is known
+  dtypes: list[Any] = []
+  index = []
+  for ratio, leaf in zip(ratios, leaves):
+    value = np.asarray(ratio, np.float64)
+    key = (value.shape, value.tobytes())
+    if key not in position:
+      position[key] = len(values)
+      values.append(value)
+      dtypes.append(jnp.float32)
+    i = position[key]
+    dtypes[i] = jnp.promote_types(dtypes[i], _ratio_dtype(leaf))
+    index.append(i)
+  values = [v.astype(d) for v, d in zip(values, dtypes)]
+  return values, index
+
+
+class ScaleByLayerwiseLrState(NamedTuple):
+  """The tree's distinct learning-rate ratios, as arrays, in order of first use.
+
+  Kept as operands of the compiled step rather than constants in it, so that
+  XLA compiles one kernel per leaf shape instead of one per layer; one operand
+  per distinct ratio (26 for a 24-layer BERT, not one per leaf), as each
+  operand of the step costs compile time. Which leaf takes which ratio is read
+  again from the names at every update. An empty vector when there is nothing
+  to keep: a tree with no leaves (so that ``optax.tree_map_params``'
+  placeholder state is a prefix of every state), or hyperparameters given as
+  arrays, whose ratios are computed at every update.
   """
 
   ratios: tuple[jax.Array, ...] | jax.Array
@@ -221,7 +259,7 @@ def scale_by_layerwise_lr(
   embeddings and ``head_ratio`` (1) for the rest; or
   ``set_param_lr_fun(layerwise_decay, n_layers, name)``. The ratios are
   computed from the pytree paths at ``init`` and kept in the state
-  (:class:`ScaleByLayerwiseLrState`), one scalar per leaf; given as arrays (as
+  (:class:`ScaleByLayerwiseLrState`), one scalar per distinct ratio; given as arrays (as
   ``optax.inject_hyperparams`` does), the hyperparameters are read again at
   every ``update``.
 
@@ -293,27 +331,28 @@ def scale_by_layerwise_lr(
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     ratios = ratios_for(params)  # Raises here, at init, on a bad tree or rule.
-    if not leaves:
+    if dynamic or not leaves:
       return ScaleByLayerwiseLrState(jnp.zeros((0,), jnp.float32))
-    return ScaleByLayerwiseLrState(
-      tuple(jnp.asarray(r, _ratio_dtype(x)) for r, x in zip(ratios, leaves))
-    )
+    return ScaleByLayerwiseLrState(tuple(map(jnp.asarray, _distinct(ratios, leaves)[0])))
 
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
     if not leaves:
       return updates, state
-    stored = state.ratios
-    if not isinstance(stored, tuple) or len(stored) != len(leaves):
-      count = len(stored) if isinstance(stored, tuple) else 0
-      raise ValueError(
-        f"The scale_by_layerwise_lr state holds {count} ratios but the updates have "
-        f"{len(leaves)} leaves: init the optimizer with the parameters it updates."
-      )
+    ratios = ratios_for(updates)
     if dynamic:  # Array hyperparameters (optax.inject_hyperparams) may change every step.
-      stored = tuple(jnp.asarray(r, s.dtype) for r, s in zip(ratios_for(updates), stored))
-    scaled = [_scale(u, r) for u, r in zip(leaves, stored)]
-    return treedef.unflatten(scaled), ScaleByLayerwiseLrState(stored)
+      operands = [jnp.asarray(r, _ratio_dtype(u)) for r, u in zip(ratios, leaves)]
+    else:
+      values, index = _distinct(ratios, leaves)
+      stored = state.ratios if isinstance(state.ratios, tuple) else ()
+      if [np.shape(r) for r in stored] != [v.shape for v in values]:
+        raise ValueError(
+          f"The scale_by_layerwise_lr state holds {len(stored)} distinct ratios but the "
+          f"updates' tree has {len(values)}: init the optimizer with the parameters it updates."
+        )
+      operands = [stored[i] for i in index]
+    scaled = [_scale(u, r) for u, r in zip(leaves, operands)]
+    return treedef.unflatten(scaled), state
 
   return optax.GradientTransformation(init_fn, update_fn)

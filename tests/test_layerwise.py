@@ -29,14 +29,15 @@ def test_scales_each_leaf_by_its_ratio(jit):
     np.testing.assert_allclose(value, want, rtol=1e-7, err_msg=name)
 
 
-def test_state_holds_each_leaf_ratio_as_an_operand_of_the_step():
+def test_state_holds_each_distinct_ratio_as_an_operand_of_the_step():
   params = _bert()
   params["encoder.layers.0.linear1.weight"] = params["encoder.layers.0.linear1.weight"].astype(
     jnp.bfloat16
   )
   tx = scale_by_layerwise_lr(0.6)
   state = tx.init(params)
-  want = jax.tree.leaves(lr_ratios(params, 0.6))
+  want = list(dict.fromkeys(jax.tree.leaves(lr_ratios(params, 0.6))))  # in order of first use
+  assert len(want) == 4 + 2  # the layers, the embeddings and the rest
   assert [r.dtype for r in state.ratios] == [jnp.float32] * len(want)
   np.testing.assert_array_equal(state.ratios, np.float32(want))
   grads = jax.tree.map(jnp.ones_like, params)
@@ -51,6 +52,20 @@ def test_state_holds_each_leaf_ratio_as_an_operand_of_the_step():
   chex.assert_trees_all_equal(new_state, state)
 
 
+def test_a_ratio_shared_with_a_float64_leaf_is_kept_in_float64():
+  with jax.enable_x64(True):
+    params = {"layers": [jnp.ones(2, jnp.float32), jnp.ones(2, jnp.float32)]}
+    params["embed"] = jnp.ones(2, jnp.float64)
+    params["layers"].append({"w": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)})
+    tx = scale_by_layerwise_lr(0.7)
+    state = tx.init(params)
+    assert [r.dtype for r in state.ratios] == [jnp.float64, jnp.float32, jnp.float32, jnp.float64]
+    scaled, _ = jax.jit(tx.update)(jax.tree.map(lambda p: 3 * p, params), state)
+    assert scaled["layers"][2]["b"][0] == 3 * 0.7**1  # a float64 ratio, not a rounded float32 one
+    assert scaled["layers"][2]["w"][0] == np.float32(3 * np.float32(0.7**1))
+    assert scaled["embed"][0] == 3 * 0.7**4
+
+
 def test_state_fits_tree_map_params_and_checks_its_tree():
   params = _bert()
   tx = scale_by_layerwise_lr(0.6)
@@ -58,8 +73,9 @@ def test_state_fits_tree_map_params_and_checks_its_tree():
     tx, lambda p: p.shape, tx.init(params), transform_non_params=lambda _: "replicated"
   )
   assert shapes.ratios == "replicated"  # one entry for the whole tuple: a prefix of the state
-  with pytest.raises(ValueError, match="holds 2 ratios but the updates have 3 leaves"):
-    tx.update([jnp.ones(2)] * 3, tx.init({"layers": [jnp.ones(2)] * 2}))
+  two = tx.init({"layers": [jnp.ones(2)] * 2})
+  with pytest.raises(ValueError, match="holds 2 distinct ratios but the updates' tree has 3"):
+    tx.update({"layers": [jnp.ones(2)] * 3}, two)
 
 
 def test_inferred_depth_equals_explicit_depth():
