@@ -1,5 +1,6 @@
 """``adamwdl``: AdamW with layer-wise learning-rate decay, as an optax chain."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -165,9 +166,11 @@ def adamwdl(
   Returns:
     An ``optax.GradientTransformation``: the chain of ``grad_clip``,
     ``optax.scale_by_adam`` (arranged for one pass over memory when XLA:CPU's
-    multi-output fusion is on; same values), ``optax.add_decayed_weights``,
-    :func:`optax_adamwdl.scale_by_layerwise_lr` (before the decay when
-    ``decay_follows_ratio=False``) and ``optax.scale_by_learning_rate``, wrapped in
+    multi-output fusion is on; same values), ``optax.add_decayed_weights`` and
+    :func:`optax_adamwdl.scale_by_layerwise_lr` given the ``learning_rate`` (one
+    multiply per leaf by the layer's learning rate; with
+    ``decay_follows_ratio=False``, the ratio comes before the decay and
+    ``optax.scale_by_learning_rate`` after it), wrapped in
     :func:`optax_adamwdl.update_nonzero_rows` (``lazy_mode``) and then
     :func:`optax_adamwdl.with_master_weights` (``multi_precision``).
 
@@ -213,15 +216,18 @@ def adamwdl(
   )
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
   decay = optax.add_decayed_weights(weight_decay, mask)
-  scale = scale_by_layerwise_lr(layerwise_decay, n_layers, set_param_lr_fun, **ladder_options)
+  scale = functools.partial(
+    scale_by_layerwise_lr, layerwise_decay, n_layers, set_param_lr_fun, **ladder_options
+  )
   if freeze_below is not None:
     trainable = _trainable_mask(layerwise_decay, n_layers, set_param_lr_fun, ladder_options)
     adam, decay = optax.masked(adam, trainable), optax.masked(decay, trainable)
+  if decay_follows_ratio:  # the ratio and the learning rate scale the same sum: one multiply
+    tail = (decay, scale(learning_rate=learning_rate))
+  else:
+    tail = (scale(), decay, optax.scale_by_learning_rate(learning_rate))
   tx = optax.chain(
-    grad_clip if grad_clip is not None else optax.identity(),
-    single_pass(adam),
-    *((decay, scale) if decay_follows_ratio else (scale, decay)),
-    optax.scale_by_learning_rate(learning_rate),
+    grad_clip if grad_clip is not None else optax.identity(), single_pass(adam), *tail
   )
   if lazy_mode:
     tx = update_nonzero_rows(tx)

@@ -1,5 +1,6 @@
 """Layer-wise learning-rate ratios and the transformation that applies them."""
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -231,10 +232,13 @@ class ScaleByLayerwiseLrState(NamedTuple):
   again from the names at every update. An empty vector when there is nothing
   to keep: a tree with no leaves (so that ``optax.tree_map_params``'
   placeholder state is a prefix of every state), or hyperparameters given as
-  arrays, whose ratios are computed at every update.
+  arrays, whose ratios are computed at every update. ``learning_rate_state`` is
+  the state of ``optax.scale_by_learning_rate`` (a schedule's step count) when
+  the transformation was given a ``learning_rate``.
   """
 
   ratios: tuple[jax.Array, ...] | jax.Array
+  learning_rate_state: optax.OptState = optax.EmptyState()
 
 
 def scale_by_layerwise_lr(
@@ -248,6 +252,7 @@ def scale_by_layerwise_lr(
   depth_normalized: bool = False,
   min_ratio: float = 0.0,
   freeze_below: float | None = None,
+  learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformation:
   """Scales each update by its parameter's layer-wise learning-rate ratio.
 
@@ -289,12 +294,22 @@ def scale_by_layerwise_lr(
     freeze_below: ratios below this become 0 (timm's ``no_opt_scale``): those
       parameters do not move. :func:`optax_adamwdl.adamwdl` also drops their
       optimizer state.
+    learning_rate: if given (a float or a schedule), each update is also scaled
+      by ``-learning_rate``, as by a following ``optax.scale_by_learning_rate``:
+      the scale is then each layer's learning rate, one scalar per distinct
+      ratio, and every leaf gets one multiply instead of two (as Paddle, which
+      multiplies the learning rate by the ratio before the step).
 
   Returns:
     An ``optax.GradientTransformation``.
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> tx = scale_by_layerwise_lr(0.5, learning_rate=0.1)
+    >>> grads = {"layers": [jnp.ones(2), jnp.ones(2)], "head": jnp.ones(2)}
+    >>> updates, _ = tx.update(grads, tx.init(grads))
+    >>> [round(float(u[0]), 4) for u in updates["layers"]]
+    [-0.025, -0.05]
     >>> tx = scale_by_layerwise_lr(0.5)
     >>> grads = {"layers": [jnp.ones(2), jnp.ones(2)], "head": jnp.ones(2)}
     >>> updates, _ = tx.update(grads, tx.init(grads))
@@ -323,6 +338,10 @@ def scale_by_layerwise_lr(
     for v in (layerwise_decay, n_layers, head_ratio, min_ratio, freeze_below)
   )
 
+  scale_by_learning_rate = (
+    None if learning_rate is None else optax.scale_by_learning_rate(learning_rate)
+  )
+
   def ratios_for(tree):
     return leaf_ratios(
       *names_and_shapes(tree), layerwise_decay, n_layers, set_param_lr_fun, **options
@@ -331,9 +350,12 @@ def scale_by_layerwise_lr(
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     ratios = ratios_for(params)  # Raises here, at init, on a bad tree or rule.
+    lr_state = optax.EmptyState()
+    if scale_by_learning_rate is not None:
+      lr_state = scale_by_learning_rate.init(params)
     if dynamic or not leaves:
-      return ScaleByLayerwiseLrState(jnp.zeros((0,), jnp.float32))
-    return ScaleByLayerwiseLrState(tuple(map(jnp.asarray, _distinct(ratios, leaves)[0])))
+      return ScaleByLayerwiseLrState(jnp.zeros((0,), jnp.float32), lr_state)
+    return ScaleByLayerwiseLrState(tuple(map(jnp.asarray, _distinct(ratios, leaves)[0])), lr_state)
 
   def update_fn(updates, state, params=None):
     del params
@@ -343,6 +365,7 @@ def scale_by_layerwise_lr(
     ratios = ratios_for(updates)
     if dynamic:  # Array hyperparameters (optax.inject_hyperparams) may change every step.
       operands = [jnp.asarray(r, _ratio_dtype(u)) for r, u in zip(ratios, leaves)]
+      operands, state = _times_learning_rate(operands, state)
     else:
       values, index = _distinct(ratios, leaves)
       stored = state.ratios if isinstance(state.ratios, tuple) else ()
@@ -351,8 +374,21 @@ def scale_by_layerwise_lr(
           f"The scale_by_layerwise_lr state holds {len(stored)} distinct ratios but the "
           f"updates' tree has {len(values)}: init the optimizer with the parameters it updates."
         )
+      stored, state = _times_learning_rate(stored, state)
       operands = [stored[i] for i in index]
     scaled = [_scale(u, r) for u, r in zip(leaves, operands)]
     return treedef.unflatten(scaled), state
+
+  def _times_learning_rate(ratios, state):
+    """The ratios times ``-learning_rate`` (each in its own dtype), and the state after."""
+    if scale_by_learning_rate is None:
+      return ratios, state
+    widest = functools.reduce(jnp.promote_types, [r.dtype for r in ratios], jnp.float32)
+    factor, lr_state = scale_by_learning_rate.update(
+      jnp.ones((), widest), state.learning_rate_state
+    )
+    return [r * factor.astype(r.dtype) for r in ratios], state._replace(
+      learning_rate_state=lr_state
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)

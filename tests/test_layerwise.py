@@ -66,6 +66,29 @@ def test_a_ratio_shared_with_a_float64_leaf_is_kept_in_float64():
     assert scaled["embed"][0] == 3 * 0.7**4
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_learning_rate_is_folded_into_each_ratio(dynamic):
+  params = _bert()
+  schedule = optax.linear_schedule(0.5, 0.1, transition_steps=3)
+  decay = jnp.float32(0.6) if dynamic else 0.6  # an array is read again at every update
+  folded = scale_by_layerwise_lr(decay, learning_rate=schedule)
+  apart = optax.chain(scale_by_layerwise_lr(decay), optax.scale_by_learning_rate(schedule))
+  grads = jax.tree.map(lambda p: 3.0 * p, params)
+  state, apart_state = folded.init(params), apart.init(params)
+  for step in range(4):
+    got, state = jax.jit(folded.update)(grads, state)
+    want, apart_state = apart.update(grads, apart_state)
+    for name, value in got.items():
+      lr = float(schedule(step)) * reference.paddle_layerwise_lr_decay(0.6, 4, name)
+      np.testing.assert_allclose(value, -3.0 * lr, rtol=1e-6, err_msg=name)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+  assert int(state.learning_rate_state.count) == 4
+  # One multiply per leaf, by that layer's learning rate: the rest is on scalars.
+  jaxpr = jax.make_jaxpr(folded.update)(grads, state)
+  products = [e for e in jaxpr.eqns if e.primitive.name == "mul" and e.outvars[0].aval.shape]
+  assert len(products) == len(params)
+
+
 def test_state_fits_tree_map_params_and_checks_its_tree():
   params = _bert()
   tx = scale_by_layerwise_lr(0.6)
