@@ -318,6 +318,8 @@ def scale_by_layerwise_lr(
   """
   _checks.check_range("layerwise_decay", layerwise_decay, low=0.0, low_inclusive=False)
   _checks.check_n_layers(n_layers)
+  if learning_rate is not None and not callable(learning_rate):
+    _checks.check_range("learning_rate", learning_rate, low=0.0)
   if set_param_lr_fun is not None and not callable(set_param_lr_fun):
     raise TypeError(
       "set_param_lr_fun must be a callable (decay_rate, n_layers, name) -> "

@@ -165,6 +165,12 @@ def test_bad_decay_is_refused_at_construction(decay):
     scale_by_layerwise_lr(decay)
 
 
+@pytest.mark.parametrize("learning_rate", [-0.1, float("nan")])
+def test_bad_learning_rate_is_refused_at_construction(learning_rate):
+  with pytest.raises(ValueError, match="learning_rate must be finite and in"):
+    scale_by_layerwise_lr(0.5, learning_rate=learning_rate)
+
+
 def test_non_numeric_decay_is_a_type_error():
   with pytest.raises(TypeError, match="layerwise_decay must be a number"):
     scale_by_layerwise_lr("0.75")
