@@ -341,7 +341,7 @@ def scale_by_layerwise_lr(
   )
 
   scale_by_learning_rate = (
-    None if learning_rate is None else optax.scale_by_learning_rate(learning_rate)
+    optax.identity() if learning_rate is None else optax.scale_by_learning_rate(learning_rate)
   )
 
   def ratios_for(tree):
@@ -349,12 +349,22 @@ def scale_by_layerwise_lr(
       *names_and_shapes(tree), layerwise_decay, n_layers, set_param_lr_fun, **options
     )
 
+  def times_learning_rate(ratios, state):
+    """The ratios times ``-learning_rate`` (each in its own dtype), and the state after."""
+    if learning_rate is None:
+      return ratios, state
+    widest = functools.reduce(jnp.promote_types, [r.dtype for r in ratios], jnp.float32)
+    factor, lr_state = scale_by_learning_rate.update(
+      jnp.ones((), widest), state.learning_rate_state
+    )
+    return [r * factor.astype(r.dtype) for r in ratios], state._replace(
+      learning_rate_state=lr_state
+    )
+
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     ratios = ratios_for(params)  # Raises here, at init, on a bad tree or rule.
-    lr_state = optax.EmptyState()
-    if scale_by_learning_rate is not None:
-      lr_state = scale_by_learning_rate.init(params)
+    lr_state = scale_by_learning_rate.init(params)
     if dynamic or not leaves:
       return ScaleByLayerwiseLrState(jnp.zeros((0,), jnp.float32), lr_state)
     return ScaleByLayerwiseLrState(tuple(map(jnp.asarray, _distinct(ratios, leaves)[0])), lr_state)
@@ -367,7 +377,7 @@ def scale_by_layerwise_lr(
     ratios = ratios_for(updates)
     if dynamic:  # Array hyperparameters (optax.inject_hyperparams) may change every step.
       operands = [jnp.asarray(r, _ratio_dtype(u)) for r, u in zip(ratios, leaves)]
-      operands, state = _times_learning_rate(operands, state)
+      operands, state = times_learning_rate(operands, state)
     else:
       values, index = _distinct(ratios, leaves)
       stored = state.ratios if isinstance(state.ratios, tuple) else ()
@@ -376,21 +386,9 @@ def scale_by_layerwise_lr(
           f"The scale_by_layerwise_lr state holds {len(stored)} distinct ratios but the "
           f"updates' tree has {len(values)}: init the optimizer with the parameters it updates."
         )
-      stored, state = _times_learning_rate(stored, state)
+      stored, state = times_learning_rate(stored, state)
       operands = [stored[i] for i in index]
     scaled = [_scale(u, r) for u, r in zip(leaves, operands)]
     return treedef.unflatten(scaled), state
-
-  def _times_learning_rate(ratios, state):
-    """The ratios times ``-learning_rate`` (each in its own dtype), and the state after."""
-    if scale_by_learning_rate is None:
-      return ratios, state
-    widest = functools.reduce(jnp.promote_types, [r.dtype for r in ratios], jnp.float32)
-    factor, lr_state = scale_by_learning_rate.update(
-      jnp.ones((), widest), state.learning_rate_state
-    )
-    return [r * factor.astype(r.dtype) for r in ratios], state._replace(
-      learning_rate_state=lr_state
-    )
 
   return optax.GradientTransformation(init_fn, update_fn)
