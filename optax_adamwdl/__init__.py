@@ -1,29 +1,44 @@
-"""AdamW with layer-wise learning-rate decay (Paddle's AdamWDL) for optax."""
+"""AdamW with layer-wise learning-rate decay (Paddle's AdamWDL) for optax.
 
-from optax_adamwdl.alias import adamwdl
-from optax_adamwdl.clipping import clip_by_norm, clip_by_value
-from optax_adamwdl.layers import layer_id, layerwise_lr_decay
-from optax_adamwdl.layerwise import ScaleByLayerwiseLrState, lr_ratios, scale_by_layerwise_lr
-from optax_adamwdl.lazy import update_nonzero_rows
-from optax_adamwdl.names import param_names
-from optax_adamwdl.precision import MasterWeightsState, with_master_weights
-from optax_adamwdl.table import LrTable, lr_table
+The design, top down: :func:`adamwdl` (``_alias``) is an ``optax.chain`` of
+optax's Adam, decay and learning-rate pieces and :func:`scale_by_layerwise_lr`
+(``_scale``), whose ratios come from one module stack: ``_names`` (pytree
+paths to dotted names), ``_layers`` (a name's site: layer, embedding, stem,
+head) and ``_ladder`` (sites and options to ratios). Paddle's extras are
+wrappers that compose around any optax optimizer: ``_lazy``
+(:func:`update_nonzero_rows`), ``_master`` (:func:`with_master_weights`),
+``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick and
+``_table`` reads the ladder (:func:`lr_table`).
+"""
+
+from optax_adamwdl._alias import adamwdl
+from optax_adamwdl._clipping import clip_by_norm, clip_by_value
+from optax_adamwdl._fusion import single_pass
+from optax_adamwdl._ladder import Placement
+from optax_adamwdl._layers import layerwise_lr_decay
+from optax_adamwdl._lazy import update_nonzero_rows
+from optax_adamwdl._master import MasterWeightsState, with_master_weights
+from optax_adamwdl._names import param_names
+from optax_adamwdl._scale import scale_by_layerwise_lr
+from optax_adamwdl._table import LrTable, LrTableRow, lr_placements, lr_ratios, lr_table
 
 __all__ = [
   "LrTable",
+  "LrTableRow",
   "MasterWeightsState",
-  "ScaleByLayerwiseLrState",
+  "Placement",
   "adamwdl",
   "clip_by_norm",
   "clip_by_value",
-  "layer_id",
   "layerwise_lr_decay",
+  "lr_placements",
   "lr_ratios",
   "lr_table",
   "param_names",
   "scale_by_layerwise_lr",
+  "single_pass",
   "update_nonzero_rows",
   "with_master_weights",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,31 +10,35 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
-def concrete_number(name: str, value: Any) -> float | None:
-  """Returns ``value`` as a Python number, or None when it is traced.
+def is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
 
-  Hyperparameters are scalars: a Paddle-style shape-[1] tensor is refused, since
-  it would silently broadcast every scalar parameter and moment to shape (1,).
+
+def concrete_number(name: str, value: Any) -> float | None:
+  """Returns ``value`` as a Python float or int, or None when it is traced.
+
+  Hyperparameters are real scalars, in any real dtype (bfloat16 included). A
+  Paddle-style shape-[1] tensor is refused, since it would silently broadcast
+  every scalar parameter and moment to shape (1,).
 
   Raises:
-    TypeError: ``value`` is neither a real number nor a one-element array.
+    TypeError: ``value`` is not a real number or a 0-d real array.
   """
-  if isinstance(value, jax.core.Tracer):
+  if is_traced(value):
     return None
-  if isinstance(value, bool) or isinstance(value, (str, bytes)):
-    raise TypeError(f"{name} must be a number or a 0-d array, got {value!r}.")
-  if isinstance(value, numbers.Real):
+  if isinstance(value, numbers.Real) and not isinstance(value, bool):
     return value
-  try:
-    array = np.asarray(value)
-  except TypeError:
-    array = None
-  if array is None or array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
-    raise TypeError(f"{name} must be a number or a 0-d array, got {value!r}.")
-  return array.item()
+  dtype = getattr(value, "dtype", None)
+  real = dtype is not None and (
+    jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  )
+  if not real or np.ndim(value) != 0:
+    raise TypeError(f"{name} must be a real number or a 0-d real array, got {value!r}.")
+  return np.asarray(value).item() if jnp.issubdtype(dtype, jnp.integer) else float(value)
 
 
 def check_range(
@@ -57,13 +61,18 @@ def check_range(
     raise ValueError(f"{name} must be finite and in {interval}, got {value!r}.")
 
 
-def check_n_layers(n_layers: Any) -> int | None:
-  """Returns a concrete ``n_layers`` as an int (None when absent or traced)."""
+def check_n_layers(name: str, n_layers: Any) -> Any:
+  """Returns ``n_layers`` as an int (unchanged when None or traced)."""
   if n_layers is None:
     return None
-  number = concrete_number("n_layers", n_layers)
+  number = concrete_number(name, n_layers)
   if number is None:
-    return None
-  if number != int(number) or number < 1:
-    raise ValueError(f"n_layers must be a positive integer or None, got {n_layers!r}.")
+    return n_layers
+  if not math.isfinite(number) or number != int(number) or number < 1:
+    raise ValueError(f"{name} must be a positive integer or None, got {n_layers!r}.")
   return int(number)
+
+
+def check_callable(name: str, value: Any, signature: str) -> None:
+  if value is not None and not callable(value):
+    raise TypeError(f"{name} must be a callable {signature}, got {value!r}.")

@@ -1,0 +1,470 @@
+"""From parameter names to learning-rate ratios: the ladder, its options and its checks.
+
+:class:`Ladder` holds the options of the ratio rule, validated once.
+:meth:`Ladder.placements` reads a tree's names and shapes (with
+:func:`optax_adamwdl._layers.site`), groups layers into stacks, gives each
+stack its depth and returns one :class:`Placement` per leaf: its ratio and the
+rule that placed it. Everything is Python at trace time; a ratio is a float, a
+NumPy vector along a scanned leaf's layer axis, or a traced scalar when the
+hyperparameters are traced (``optax.inject_hyperparams``).
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_adamwdl import _checks, _layers
+
+SetParamLrFun = Callable[[Any, Any, str], Any]
+ScanAxes = Mapping[str, int] | Callable[[str], int | None] | None
+Stacks = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
+
+_FLOAT32 = np.finfo(np.float32)
+_STACK_KEYS = frozenset({"n_layers", "decay"})
+_SHOWN = 5
+
+
+def first_names(names: Sequence[str]) -> str:
+  shown = ", ".join(repr(n) for n in names[:_SHOWN])
+  return shown + (f", ... ({len(names)} in all)" if len(names) > _SHOWN else "")
+
+
+class Placement(NamedTuple):
+  """Where the ladder put one parameter, and why.
+
+  Attributes:
+    name: the parameter's dotted name.
+    stack: the prefix of its stack (``""`` when the model has one stack), or
+      None for a parameter outside every stack.
+    position: ``"bottom"`` (below the first layer), the layer's step on the
+      ladder (0 is the lowest layer), ``"top"`` (above the last layer), or
+      ``"layers"`` for a scanned leaf that holds every layer.
+    ratio: its learning-rate ratio (a vector along the layer axis for a
+      scanned leaf).
+    rule: what placed it: ``"layer"``, ``"stage/block"``, ``"scan"``,
+      ``"embedding"``, ``"stem"``, ``"head"``, ``"unrecognised"`` (put at the
+      top), or ``"custom"`` (``set_param_lr_fun``).
+  """
+
+  name: str
+  stack: str | None
+  position: int | str
+  ratio: Any
+  rule: str
+
+
+class _UnknownDepth:
+  """Passed to a ``set_param_lr_fun`` as ``n_layers`` when none is given or found."""
+
+  def _refuse(self, *_):
+    raise ValueError(
+      "set_param_lr_fun used n_layers, but none was given and no parameter name matches a "
+      "layer pattern, so none can be inferred: pass n_layers=..."
+    )
+
+  __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+  __truediv__ = __rtruediv__ = __floordiv__ = __pow__ = __rpow__ = __neg__ = _refuse
+  __int__ = __float__ = __index__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+
+  def __repr__(self) -> str:
+    return "<n_layers unknown>"
+
+
+def _number(name: str, value: Any) -> Any:
+  """A concrete hyperparameter as a Python number (hashable); a traced one unchanged."""
+  number = _checks.concrete_number(name, value)
+  return value if number is None else number
+
+
+def _check_stacks(stacks: Stacks) -> tuple[tuple[str, Any, Any], ...]:
+  if stacks is None:
+    return ()
+  if isinstance(stacks, str) or not isinstance(stacks, Mapping | Sequence):
+    raise TypeError(
+      'stacks must map a name prefix to its options, e.g. {"encoder": {}, "decoder": '
+      f'{{"decay": 0.9}}}}, or list prefixes; got {stacks!r}.'
+    )
+  items = stacks.items() if isinstance(stacks, Mapping) else [(p, None) for p in stacks]
+  checked = []
+  for prefix, options in items:
+    options = dict(options or {})
+    if not isinstance(prefix, str) or not prefix or set(options) - _STACK_KEYS:
+      raise ValueError(
+        f"stacks[{prefix!r}] must be a non-empty name prefix with options among "
+        f"{sorted(_STACK_KEYS)}; got {options!r}."
+      )
+    label = f"stacks[{prefix!r}]"
+    decay = options.get("decay")
+    if decay is not None:
+      _checks.check_range(f"{label}['decay']", decay, low=0.0, low_inclusive=False)
+      decay = _number(f"{label}['decay']", decay)
+    n_layers = _checks.check_n_layers(f"{label}['n_layers']", options.get("n_layers"))
+    checked.append((prefix, n_layers, decay))
+  prefixes = [p for p, _, _ in checked]
+  for p in prefixes:
+    for q in prefixes:
+      if p != q and q.startswith(p + "."):
+        raise ValueError(f"stacks {p!r} and {q!r} overlap: give stacks that do not nest.")
+  return tuple(checked)
+
+
+def _check_scan_axes(scan_axes: ScanAxes) -> Any:
+  if scan_axes is None or callable(scan_axes):
+    return scan_axes
+  if not isinstance(scan_axes, Mapping) or not all(
+    isinstance(k, str) and isinstance(a, int) and not isinstance(a, bool)
+    for k, a in scan_axes.items()
+  ):
+    raise TypeError(
+      "scan_axes must map a name component to an integer axis, e.g. {'encoderblock': 0}, or be "
+      f"a function name -> axis or None; got {scan_axes!r}."
+    )
+  return tuple(sorted(scan_axes.items()))
+
+
+def _power(decay: Any, exponent: Any) -> Any:
+  if isinstance(decay, jax.Array) or isinstance(exponent, jax.Array):
+    return jnp.power(decay, exponent)
+  return np.power(float(decay), exponent) if isinstance(exponent, np.ndarray) else decay**exponent
+
+
+def _steps(indices: set[tuple[int, ...]], stage_wise: bool) -> dict[tuple[int, ...], int]:
+  """Each layer index's step on its stack's ladder.
+
+  A plain index is its own step. Blocks nested in stages, (stage, block), are
+  counted stage-major across the stack (a stage's own parameters, (stage,),
+  take the step of its first block), or one step per stage when
+  ``stage_wise``.
+  """
+  if stage_wise or all(len(i) == 1 for i in indices):
+    return {i: i[0] for i in indices}
+  blocks: dict[int, int] = {}
+  for i in indices:
+    blocks[i[0]] = max(blocks.get(i[0], 0), i[1] + 1 if len(i) == 2 else 0)
+  offset, total = {}, 0
+  for stage in sorted(blocks):
+    offset[stage], total = total, total + blocks[stage]
+  return {i: offset[i[0]] + (i[1] if len(i) == 2 else 0) for i in indices}
+
+
+def _roots(prefixes: list[str]) -> list[str]:
+  """Each stack's root: the shortest prefix of its layers' prefix that no other stack shares."""
+  if len(prefixes) == 1:
+    return [""]
+  split = [p.split(".") for p in prefixes]
+  roots = []
+  for i, parts in enumerate(split):
+    others = [o for j, o in enumerate(split) if j != i]
+    m = next(
+      (m for m in range(1, len(parts) + 1) if all(o[:m] != parts[:m] for o in others)), len(parts)
+    )
+    roots.append(".".join(parts[:m]))
+  return roots
+
+
+def _within(name: str, prefix: str) -> bool:
+  return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+class _Stack(NamedTuple):
+  decay: Any
+  depth: Any  # int, traced, or None when the stack has no layer
+  steps: dict[tuple[int, ...], int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ladder:
+  """The options of the ratio rule, validated once; see :func:`optax_adamwdl.scale_by_layerwise_lr`.
+
+  Numbers are kept as Python numbers when concrete (so that a ladder is
+  hashable and its placements cached) and as they are when traced.
+  """
+
+  decay: Any = 1.0
+  n_layers: Any = None
+  rule: SetParamLrFun | None = None
+  stacks: tuple[tuple[str, Any, Any], ...] = ()
+  scan_axes: Any = None
+  stage_wise: bool = False
+  head_ratio: Any = 1.0
+  depth_normalized: bool = False
+  min_ratio: Any = 0.0
+  freeze_below: Any = None
+
+  @classmethod
+  def build(
+    cls,
+    layerwise_decay: Any = 1.0,
+    n_layers: Any = None,
+    set_param_lr_fun: SetParamLrFun | None = None,
+    *,
+    stacks: Stacks = None,
+    scan_axes: ScanAxes = None,
+    stage_wise: bool = False,
+    head_ratio: Any = 1.0,
+    depth_normalized: bool = False,
+    min_ratio: Any = 0.0,
+    freeze_below: Any = None,
+  ) -> "Ladder":
+    """Checks the public keyword arguments and returns them as a ladder."""
+    _checks.check_range("layerwise_decay", layerwise_decay, low=0.0, low_inclusive=False)
+    _checks.check_range("head_ratio", head_ratio, low=0.0)
+    _checks.check_range("min_ratio", min_ratio, low=0.0)
+    if freeze_below is not None:
+      _checks.check_range("freeze_below", freeze_below, low=0.0)
+    _checks.check_callable("set_param_lr_fun", set_param_lr_fun, "(decay_rate, n_layers, name)")
+    ladder = cls(
+      decay=_number("layerwise_decay", layerwise_decay),
+      n_layers=_checks.check_n_layers("n_layers", n_layers),
+      rule=set_param_lr_fun,
+      stacks=_check_stacks(stacks),
+      scan_axes=_check_scan_axes(scan_axes),
+      stage_wise=bool(stage_wise),
+      head_ratio=_number("head_ratio", head_ratio),
+      depth_normalized=bool(depth_normalized),
+      min_ratio=_number("min_ratio", min_ratio),
+      freeze_below=None if freeze_below is None else _number("freeze_below", freeze_below),
+    )
+    refinements = ladder.stacks or ladder.scan_axes is not None or ladder.stage_wise
+    if ladder.rule is not None and (
+      refinements or ladder.depth_normalized or ladder.head_ratio != 1
+    ):
+      raise ValueError(
+        "stacks, scan_axes, stage_wise, head_ratio and depth_normalized refine the default "
+        "ladder; set_param_lr_fun replaces it. Give one or the other."
+      )
+    return ladder
+
+  @property
+  def numbers(self) -> tuple[Any, ...]:
+    stack_numbers = [v for _, n, d in self.stacks for v in (n, d)]
+    return (self.decay, self.n_layers, self.head_ratio, self.min_ratio, self.freeze_below,
+            *stack_numbers)  # fmt: skip
+
+  @property
+  def concrete(self) -> bool:
+    return not any(_checks.is_traced(v) or isinstance(v, jax.Array) for v in self.numbers)
+
+  @property
+  def scales(self) -> bool:
+    """False when every ratio is 1 whatever the tree (so no layer needs to be found)."""
+    decays = [self.decay, *(d for _, _, d in self.stacks if d is not None)]
+    return not (
+      self.concrete and self.rule is None and self.head_ratio == 1 and all(d == 1 for d in decays)
+    )
+
+  def placements(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> list[Placement]:
+    """One placement per leaf, in order; cached when every option is concrete."""
+    if self.concrete:
+      return list(_cached_placements(self, tuple(names), tuple(map(tuple, shapes))))
+    return self._placements(names, shapes)
+
+  def _placements(self, names, shapes) -> list[Placement]:
+    if not names:
+      return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
+    sites = [self._site(name, shape) for name, shape in zip(names, shapes)]
+    towers = self._towers(names, sites)
+    stacks = {
+      t: self._stack(t, names, sites, towers) for t in dict.fromkeys(towers) if t is not None
+    }
+    if self.rule is not None:
+      placed = self._custom(names, sites, towers, stacks)
+    else:
+      self._check_layers_found(names, stacks)
+      placed = [self._place(n, s, t, stacks) for n, s, t in zip(names, sites, towers)]
+    return [self._clamped(p) for p in placed]
+
+  def _site(self, name: str, shape: tuple[int, ...]) -> _layers.Site:
+    """The name's site; a scanned leaf's is ("scanned", (length, axis, ndim), prefix)."""
+    if self.scan_axes is None:
+      return _layers.site(name)
+    parts = name.split(".")
+    if callable(self.scan_axes):
+      axis, prefix = self.scan_axes(name), "scan_axes"  # every leaf it scans: one stack
+    else:
+      keys = dict(self.scan_axes)
+      at = next((i for i, part in enumerate(parts) if part in keys), None)
+      axis = None if at is None else keys[parts[at]]
+      prefix = "" if at is None else ".".join(parts[: at + 1])
+    if axis is None:
+      return _layers.site(name)
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -len(shape) <= axis < len(shape):
+      raise ValueError(f"scan_axes gives axis {axis!r} for parameter {name!r} of shape {shape}.")
+    axis %= len(shape)
+    return _layers.Site("scanned", (shape[axis], axis, len(shape)), prefix)
+
+  def _towers(self, names, sites) -> list[str | None]:
+    """Each leaf's stack: a given stack's prefix, an automatic stack's root, or None."""
+    given = [p for p, _, _ in self.stacks]
+    own = [max((p for p in given if _within(n, p)), key=len, default=None) for n in names]
+    for p in given:
+      if p not in own:
+        raise ValueError(f"stacks: no parameter name starts with {p!r} ({first_names(names)}).")
+    self._check_scans_found(sites)
+    layered = [s.prefix for s, o in zip(sites, own) if o is None and s.kind in ("layer", "scanned")]
+    prefixes = list(dict.fromkeys(layered))
+    roots = _roots(prefixes + given)[: len(prefixes)] if prefixes else []
+    towers = []
+    for name, o in zip(names, own):
+      inside = [r for r in roots if _within(name, r)]
+      towers.append(o if o is not None else max(inside, key=len, default=None))
+    return towers
+
+  def _check_scans_found(self, sites) -> None:
+    if self.scan_axes is None:
+      return
+    scanned = {s.prefix.rsplit(".", 1)[-1] for s in sites if s.kind == "scanned"}
+    keys = ["scan_axes"] if callable(self.scan_axes) else [k for k, _ in self.scan_axes]
+    missing = [k for k in keys if k not in scanned]
+    if missing:
+      raise ValueError(
+        f"scan_axes: no parameter name has a component {missing[0]!r} "
+        "(a function: it returned an axis for no parameter); see optax_adamwdl.param_names."
+      )
+
+  def _stack(self, tower: str, names, sites, towers) -> _Stack:
+    given = dict((p, (n, d)) for p, n, d in self.stacks).get(tower, (None, None))
+    decay = self.decay if given[1] is None else given[1]
+    n_layers = self.n_layers if given[0] is None else given[0]
+    members = [(n, s) for n, s, t in zip(names, sites, towers) if t == tower]
+    lengths = {s.index[0] for _, s in members if s.kind == "scanned"}
+    if len(lengths) > 1:
+      raise ValueError(
+        f"Scanned leaves of stack {tower!r} hold different numbers of layers {sorted(lengths)}: "
+        "check scan_axes (each needs the axis along which that leaf stacks its layers)."
+      )
+    steps = _steps({s.index for _, s in members if s.kind == "layer"}, self.stage_wise)
+    found = max([*(v + 1 for v in steps.values()), *lengths], default=None)
+    if _checks.is_traced(n_layers) or isinstance(n_layers, jax.Array):
+      return _Stack(decay, n_layers, steps)
+    if n_layers is not None and found is not None and n_layers < found:
+      deepest = next(
+        n for n, s in members if s.kind == "scanned" or steps.get(s.index) == found - 1
+      )
+      raise ValueError(
+        f"n_layers={n_layers} but parameter {deepest!r} is in layer {found - 1}, so n_layers "
+        f"must be at least {found} (or None to infer it); a smaller value would give ratios "
+        "above 1."
+      )
+    return _Stack(decay, found if n_layers is None else n_layers, steps)
+
+  def _check_layers_found(self, names, stacks) -> None:
+    if self.scales and self.concrete and all(s.depth is None for s in stacks.values()):
+      if any(d != 1 for d in [self.decay, *(d for _, _, d in self.stacks if d is not None)]):
+        raise ValueError(
+          "layerwise_decay != 1 but no parameter name is recognised as a layer of a layer "
+          f"stack ({first_names(names)}); every ratio would stay 1. For scanned layers (one "
+          "leaf holding every layer) pass scan_axes={'<name of the scanned module>': <axis>}; "
+          "otherwise pass set_param_lr_fun=lambda decay_rate, n_layers, name: ... that returns "
+          "each parameter's ratio. See optax_adamwdl.param_names for the names it receives."
+        )
+
+  def _exponent_ratio(self, stack: _Stack, exponent: Any) -> Any:
+    if self.depth_normalized:
+      exponent = exponent / (stack.depth + 1)
+    return _power(stack.decay, exponent)
+
+  def _place(self, name, site, tower, stacks) -> Placement:
+    stack = stacks.get(tower)
+    if site.kind in ("layer", "scanned") and stack.depth is None:  # traced decay, no depth
+      return Placement(name, tower, "top", 1.0, site.kind)
+    if site.kind == "layer":
+      step = stack.steps[site.index]
+      rule = "stage/block" if len(site.index) == 2 and not self.stage_wise else "layer"
+      return Placement(name, tower, step, self._exponent_ratio(stack, stack.depth - step), rule)
+    if site.kind == "scanned":
+      length, axis, ndim = site.index
+      shape = [1] * ndim
+      shape[axis] = length
+      steps = np.arange(length).reshape(shape)
+      depth = jnp.asarray(stack.depth) if isinstance(stack.depth, jax.Array) else stack.depth
+      return Placement(name, tower, "layers", self._exponent_ratio(stack, depth - steps), "scan")
+    if site.kind in ("embedding", "stem"):
+      if stack is None:  # outside every stack: at the bottom of the deepest
+        deepest = [s for s in stacks.values() if s.depth is not None]
+        stack = max(deepest, key=lambda s: s.depth if isinstance(s.depth, int) else 0, default=None)
+      if stack is None or stack.depth is None:
+        return Placement(name, tower, "bottom", 1.0, site.kind)
+      return Placement(
+        name, tower, "bottom", self._exponent_ratio(stack, stack.depth + 1), site.kind
+      )
+    return Placement(name, tower, "top", self.head_ratio, site.kind)
+
+  def _custom(self, names, sites, towers, stacks) -> list[Placement]:
+    depths = [s.depth for s in stacks.values() if isinstance(s.depth, int)]
+    n_layers = self.n_layers if self.n_layers is not None else max(depths, default=None)
+    if n_layers is None:
+      n_layers = _UnknownDepth()
+    placed = []
+    for name, site, tower in zip(names, sites, towers):
+      ratio = self.rule(self.decay, n_layers, name)
+      if self.concrete:
+        ratio = _rule_ratio(ratio, name)
+      position = {"layer": site.index[0], "scanned": "layers"}.get(site.kind, "bottom")
+      position = "top" if site.kind in ("head", "unrecognised") else position
+      placed.append(Placement(name, tower, position, ratio, "custom"))
+    if self.concrete and self.decay != 1 and all(np.all(p.ratio == 1.0) for p in placed):
+      raise ValueError(
+        f"layerwise_decay={self.decay} but set_param_lr_fun gave every parameter ratio 1.0 "
+        f"({first_names(names)}); check the names it matches against "
+        "optax_adamwdl.param_names(params)."
+      )
+    return placed
+
+  def _clamped(self, placement: Placement) -> Placement:
+    """Raises the ratio to ``min_ratio``, zeroes it below ``freeze_below``, and checks it."""
+    ratio = raw = placement.ratio
+    traced = not self.concrete or isinstance(ratio, jax.Array)
+    xp = jnp if traced else np
+    if traced or self.min_ratio > 0:
+      ratio = xp.maximum(ratio, self.min_ratio)
+    if self.freeze_below is not None:
+      ratio = xp.where(ratio < self.freeze_below, 0.0, ratio)
+    if traced:
+      return placement._replace(ratio=ratio)
+    ratio = float(ratio) if np.ndim(ratio) == 0 else np.asarray(ratio, np.float64)
+    _check_representable(placement, raw, ratio, self.freeze_below)
+    return placement._replace(ratio=ratio)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_placements(ladder: Ladder, names: tuple, shapes: tuple) -> tuple[Placement, ...]:
+  return tuple(ladder._placements(names, shapes))
+
+
+def _rule_ratio(ratio: Any, name: str) -> float:
+  """A ``set_param_lr_fun`` result, checked: a finite real number >= 0."""
+  try:
+    number = _checks.concrete_number("ratio", ratio)
+  except TypeError:
+    number = None
+  if number is None or not math.isfinite(number) or number < 0:
+    raise (TypeError if number is None else ValueError)(
+      f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a learning-rate ratio "
+      "must be a finite real number >= 0."
+    )
+  return float(number)
+
+
+def _check_representable(placement: Placement, raw: Any, ratio: Any, freeze_below: Any) -> None:
+  """Refuses a ratio that float32 cannot hold, or that the ladder's arithmetic flushed to 0."""
+  raw, final = np.ravel(np.asarray(raw, np.float64)), np.ravel(ratio)
+  frozen = (final == 0) & (freeze_below is not None) & (raw < (freeze_below or 0))
+  meant_zero = (placement.rule in ("head", "unrecognised", "custom")) & (raw == 0)
+  normal = (final >= _FLOAT32.tiny) & (final <= _FLOAT32.max)
+  bad = ~(normal | frozen | ((final == 0) & meant_zero))
+  if bad.any():
+    where = f" (layer {int(np.argmax(bad))} of the scanned leaf)" if final.size > 1 else ""
+    raise ValueError(
+      f"The learning-rate ratio of parameter {placement.name!r}{where} is "
+      f"{raw[bad][0]!r}, which float32 cannot hold (normal range {_FLOAT32.tiny:.3g} to "
+      f"{_FLOAT32.max:.3g}): its updates would be 0 or inf. If it should not train, say so with "
+      "freeze_below=...; to keep it training, set a floor with min_ratio=... (or use a larger "
+      "layerwise_decay or depth_normalized=True)."
+    )

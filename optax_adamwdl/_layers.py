@@ -1,0 +1,215 @@
+"""Where a parameter sits in the network, read from its dotted name.
+
+This is the naming half of the default ladder; :mod:`optax_adamwdl._ladder`
+turns sites into ratios. Every name is read on its own here; what needs the
+whole tree (stacks, depths, nested stages) is done there.
+
+The depth contract that the rules below serve, on every family they claim:
+what the network applies before its first layer (embeddings, class/mask
+tokens, stems, feature encoders, pre-norms) sits at the bottom; layers are
+ordered by their index (nested ``stages.S.layers.B`` stage-major); what comes
+after the last layer (final norms, poolers, classifiers, LM heads) sits at the
+top. A name no rule recognises is put at the top, and reported.
+"""
+
+import re
+from typing import NamedTuple
+
+# A component naming a list of layers, followed by the layer's index:
+# "encoder.layers.3" (Paddle, Llama, BART, CLIP, nnx), "encoder.layer.3" (HF BERT, ViT),
+# "h.3" (GPT-2), "block.3" (T5), "blocks.3" (timm), "resblocks.3" (OpenAI CLIP),
+# "stages.2" (ResNet, RegNet, ConvNeXt), "albert_layer_groups.0" (ALBERT's shared layer).
+LAYER_LISTS = frozenset(
+  {"layers", "layer", "h", "block", "blocks", "resblocks", "stages", "stage", "albert_layer_groups"}
+)
+# Lists nested in a stage: "stages.1.layers.0" (HF ResNet, RegNet), "stages.1.blocks.0"
+# (timm ConvNeXt), "layers.1.blocks.0" (Swin). T5's "block.3.layer.1" is not a pair: there the
+# inner index is a sub-layer (attention, feed-forward), not depth.
+NESTED_LISTS = frozenset(
+  {
+    ("stages", "layers"),
+    ("stages", "blocks"),
+    ("stage", "layers"),
+    ("stage", "blocks"),
+    ("layers", "blocks"),
+  }
+)
+# A component carrying its own index: "layers_3" (linen lists in setup), "encoderblock_3"
+# (big_vision), "Block_3" / "EncoderLayer_3" (linen compact modules).
+INDEXED_LAYER = re.compile(r"((?:encoder|decoder|transformer)?_?(?:block|layer)s?)_(\d+)")
+# Embeddings whose names do not contain "embed"; "cls" only as a leaf (big_vision's class
+# token): Hugging Face's "cls" is the module of BERT's pre-training heads.
+EMBEDDINGS = frozenset(
+  {
+    "wte",
+    "wpe",
+    "shared",
+    "cls_token",
+    "dist_token",
+    "reg_token",
+    "register_tokens",
+    "mask_token",
+    "relative_position_bias",
+    "rel_pos_bias",
+  }
+)
+EMBEDDING_LEAVES = frozenset({"cls"})
+NOT_EMBEDDINGS = ("unembed", "embed_out")  # output projections: heads
+# What runs before the first layer without being an embedding: convolutional stems and
+# feature encoders (wav2vec2, Whisper's conv1/conv2, torchvision's conv1/bn1), pre-norms.
+STEMS = frozenset(
+  {
+    "stem",
+    "stems",
+    "conv_stem",
+    "feature_extractor",
+    "feature_encoder",
+    "feature_projection",
+    "pre_layrnorm",
+    "pre_layernorm",
+    "ln_pre",
+    "norm_pre",
+    "layernorm_pre",
+  }
+)
+STEM_PATTERN = re.compile(r"(conv|bn)\d*")
+# What runs after the last layer.
+HEADS = frozenset(
+  {
+    "head",
+    "heads",
+    "lm_head",
+    "cls",
+    "classifier",
+    "pooler",
+    "predictions",
+    "seq_relationship",
+    "qa_outputs",
+    "score",
+    "norm",
+    "ln_f",
+    "fc_norm",
+    "final_norm",
+    "final_layer_norm",
+    "final_layernorm",
+    "layer_norm",
+    "layernorm",
+    "post_layernorm",
+    "encoder_norm",
+    "decoder_norm",
+    "logit_scale",
+    "logit_bias",
+    "text_projection",
+    "visual_projection",
+    "final_logits_bias",
+    "proj_out",
+    "pre_logits",
+  }
+)
+HEAD_SUFFIXES = ("_head", "_predictions", "_classifier", "_pooler")
+
+
+class Site(NamedTuple):
+  """What one name says about its parameter's place.
+
+  ``kind`` is "layer", "embedding", "stem", "head" or "unrecognised". For a
+  layer, ``index`` is its index, or (stage, block) for a block nested in a
+  stage (``(stage,)`` for a stage's own parameters), and ``prefix`` the name
+  of its list of layers (e.g. ``"bert.encoder.layer"``), which identifies its
+  stack.
+  """
+
+  kind: str
+  index: tuple[int, ...] = ()
+  prefix: str = ""
+
+
+def _index(part: str) -> int | None:
+  return int(part) if part.isascii() and part.isdigit() else None
+
+
+def _layer(parts: list[str]) -> Site | None:
+  for i, part in enumerate(parts):
+    lower = part.lower()
+    following = _index(parts[i + 1]) if i + 1 < len(parts) else None
+    if lower in LAYER_LISTS and following is not None:
+      index = (following,)
+      if i + 3 < len(parts) and (lower, parts[i + 2].lower()) in NESTED_LISTS:
+        block = _index(parts[i + 3])
+        index = index if block is None else (following, block)
+      return Site("layer", index, ".".join(parts[: i + 1]))
+    match = INDEXED_LAYER.fullmatch(part.lower())
+    if match and match.group(2).isascii():
+      prefix = ".".join([*parts[:i], part[: len(match.group(1))]])
+      return Site("layer", (int(match.group(2)),), prefix)
+  return None
+
+
+def _kind(part: str, is_leaf: bool) -> str | None:
+  lower = part.lower()
+  if lower in EMBEDDINGS or (is_leaf and lower in EMBEDDING_LEAVES):
+    return "embedding"
+  if "embed" in lower and not lower.startswith(NOT_EMBEDDINGS):
+    return "embedding"
+  if lower in STEMS or STEM_PATTERN.fullmatch(lower):
+    return "stem"
+  if lower in HEADS or lower.endswith(HEAD_SUFFIXES):
+    return "head"
+  return None
+
+
+def site(name: str) -> Site:
+  """Returns where the parameter called ``name`` sits.
+
+  The outermost layer pattern wins, so ``"encoderblock_2.MlpBlock_0.kernel"``
+  is layer 2. Outside layers, the outermost component that names an
+  embedding, a stem or a head decides.
+
+  Examples:
+    >>> site("encoder.layers.3.self_attn.q_proj.weight")
+    Site(kind='layer', index=(3,), prefix='encoder.layers')
+    >>> site("resnet.encoder.stages.1.layers.0.shortcut.kernel").index
+    (1, 0)
+    >>> site("cls.predictions.bias").kind, site("cls").kind
+    ('head', 'embedding')
+    >>> site("vision_model.pre_layrnorm.scale").kind
+    'stem'
+  """
+  parts = name.split(".")
+  layer = _layer(parts)
+  if layer is not None:
+    return layer
+  for i, part in enumerate(parts):
+    kind = _kind(part, is_leaf=i == len(parts) - 1)
+    if kind is not None:
+      return Site(kind)
+  return Site("unrecognised")
+
+
+def layerwise_lr_decay(decay_rate, n_layers: int, name: str):
+  r"""Paddle's default ``set_param_lr_fun``, read from one name.
+
+  .. math::
+
+    r(\text{name}) = \alpha^{L - i} \text{ in layer } i, \quad
+    \alpha^{L + 1} \text{ below the first layer}, \quad 1 \text{ otherwise}
+
+  with :math:`\alpha` = ``decay_rate`` and :math:`L` = ``n_layers``. This is
+  the default ladder of a model with one stack and no nested stages, as a
+  rule you can wrap or port (Paddle's ``layerwise_lr_decay``); the default
+  ladder itself also gives each stack its own depth and counts nested blocks.
+
+  Examples:
+    >>> layerwise_lr_decay(0.5, 12, "encoder.layers.10.ffn.weight")
+    0.25
+    >>> layerwise_lr_decay(0.5, 2, "embeddings.word_embeddings.weight")
+    0.125
+    >>> layerwise_lr_decay(0.5, 12, "classifier.weight")
+    1.0
+  """
+  where = site(name)
+  if where.kind in ("embedding", "stem"):
+    return decay_rate ** (n_layers + 1)
+  if where.kind == "layer":
+    return decay_rate ** (n_layers - where.index[0])
+  return 1.0

@@ -1,0 +1,107 @@
+"""Paddle's ``multi_precision``: float32 master weights for bfloat16 and float16 parameters."""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+class MasterWeightsState(NamedTuple):
+  """The master copies and the inner state.
+
+  ``master`` has the structure of the parameters: a float32 copy of each
+  bfloat16/float16 leaf and ``optax.MaskedNode()`` for the others (so that
+  ``optax.tree_map_params`` maps it like the parameters; pass it
+  ``is_leaf=lambda x: isinstance(x, optax.MaskedNode)``).
+  """
+
+  master: Any
+  inner_state: Any
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _master_copy(param: Any) -> Any:
+  dtype = getattr(param, "dtype", None)
+  if dtype is None:  # optax.tree_map_params' placeholder: the master tree is parameter-shaped
+    return param
+  return param.astype(jnp.float32) if dtype in _LOW_PRECISION else optax.MaskedNode()
+
+
+def _full(master: Any, params: Any) -> Any:
+  """The parameters with each low-precision leaf replaced by its float32 master."""
+  return jax.tree.map(lambda m, p: p if _is_masked(m) else m, master, params, is_leaf=_is_masked)
+
+
+def with_master_weights(
+  inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """Runs ``inner`` in float32 on a master copy of every bfloat16/float16 parameter.
+
+  At ``init`` each low-precision leaf gets a float32 master copy and ``inner``
+  is initialised on the master tree (so Adam's moments are float32). Each
+  ``update`` casts those leaves' gradients to float32, runs ``inner`` on the
+  master copies, adds its update to them, and returns, in the gradient's
+  dtype, ``round(new master) - param``: ``optax.apply_updates`` then lands on
+  the new master rounded to the parameter's dtype (exactly whenever the old
+  and new values are within a factor of two of each other, Sterbenz's lemma;
+  otherwise within one rounding of the step). The master, not the parameter,
+  carries the step forward, so steps below half a bfloat16 ulp accumulate.
+  Other leaves pass through to ``inner`` unchanged. Extra keyword arguments
+  are passed on to ``inner``.
+
+  Args:
+    inner: the transformation to run in float32.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is
+    :class:`MasterWeightsState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> params = jnp.ones(2, jnp.bfloat16)
+    >>> tx = with_master_weights(optax.sgd(1e-4))
+    >>> state = tx.init(params)
+    >>> for _ in range(100):  # each step is below half a bfloat16 ulp of 1.0
+    ...   updates, state = tx.update(jnp.ones(2, jnp.bfloat16), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> updates.dtype, params.dtype, float(params[0]), round(float(state.master[0]), 4)
+    (dtype(bfloat16), dtype(bfloat16), 0.98828125, 0.99)
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    master = jax.tree.map(_master_copy, params)
+    return MasterWeightsState(master, inner.init(_full(master, params)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("multi_precision needs the params: call update(grads, state, params).")
+    master = state.master
+    grads = jax.tree.map(
+      lambda m, g: g if _is_masked(m) else g.astype(jnp.float32),
+      master,
+      updates,
+      is_leaf=_is_masked,
+    )
+    steps, inner_state = inner.update(grads, state.inner_state, _full(master, params), **extra_args)
+    master = jax.tree.map(
+      lambda m, s: m if _is_masked(m) else m + s, master, steps, is_leaf=_is_masked
+    )
+
+    def to_update(m, step, p, g):
+      if _is_masked(m):
+        return step
+      # Both terms are exact in float32; the difference rounds once, to the gradient's dtype.
+      return (m.astype(p.dtype).astype(jnp.float32) - p.astype(jnp.float32)).astype(g.dtype)
+
+    out = jax.tree.map(to_update, master, steps, params, updates, is_leaf=_is_masked)
+    return out, MasterWeightsState(master, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

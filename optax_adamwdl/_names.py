@@ -1,0 +1,68 @@
+"""Dotted parameter names from pytree paths.
+
+A parameter's name is its pytree path joined by ".", the form that PyTorch's
+``named_parameters()`` and Paddle's parameter names use, so that name-based
+rules (``set_param_lr_fun``, ``apply_decay_param_fun``) port unchanged.
+"""
+
+import sys
+from typing import Any
+
+import jax
+
+
+def _variable_types() -> tuple[type, ...]:
+  """flax nnx's Variable classes, when flax.nnx is imported (it is never imported here)."""
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None:
+    return ()
+  return tuple(
+    t for t in (getattr(nnx, "Variable", None), getattr(nnx, "VariableState", None)) if t
+  )
+
+
+def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:
+  # An nnx Variable is a leaf here, so its path ends at the attribute that holds it: no ".value".
+  # A Variable holds exactly one array, so the names line up with jax.tree.leaves(tree).
+  kinds = _variable_types()
+  is_leaf = (lambda x: isinstance(x, kinds)) if kinds else None
+  pairs = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return [(jax.tree_util.keystr(path, simple=True, separator="."), x) for path, x in pairs]
+
+
+def leaf_names(tree: Any) -> list[str]:
+  """The dotted names of ``tree``'s leaves, in ``jax.tree.leaves`` order."""
+  return [name for name, _ in _flatten_with_names(tree)]
+
+
+def param_names(tree: Any) -> Any:
+  """Returns ``tree`` with each leaf replaced by its dotted name.
+
+  Dict keys, attribute names and sequence indices are joined by "."; a flax
+  nnx ``Variable`` is named by the attribute that holds it (no trailing
+  ``.value``), while a dataclass field that happens to be called ``value``
+  keeps its name.
+
+  Args:
+    tree: a pytree of parameters: nested dicts (Flax linen, Hugging Face Flax),
+      a flax nnx ``State``, lists, dataclasses, or a flat dict already keyed by
+      dotted names (Paddle or PyTorch checkpoints).
+
+  Returns:
+    A pytree of the same structure whose leaves are strings.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"encoder": {"layers": [{"kernel": jnp.zeros(2)}]}}
+    >>> param_names(params)
+    {'encoder': {'layers': [{'kernel': 'encoder.layers.0.kernel'}]}}
+  """
+  return jax.tree.unflatten(jax.tree.structure(tree), leaf_names(tree))
+
+
+def parameter_tree(params: Any) -> Any:
+  """The parameters of a flax nnx ``Module`` as an ``nnx.State``; any other tree unchanged."""
+  nnx = sys.modules.get("flax.nnx")  # A Module exists only if flax.nnx was imported.
+  if nnx is not None and isinstance(params, nnx.Module):
+    return nnx.state(params, nnx.Param)
+  return params
