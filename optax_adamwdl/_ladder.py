@@ -406,7 +406,8 @@ class Ladder:
       ratio = self.rule(self.decay, n_layers, name)
       if self.concrete:
         ratio = _rule_ratio(ratio, name)
-      position = {"layer": site.index[0], "scanned": "layers"}.get(site.kind, "bottom")
+      position = "layers" if site.kind == "scanned" else "bottom"
+      position = site.index[0] if site.kind == "layer" else position
       position = "top" if site.kind in ("head", "unrecognised") else position
       placed.append(Placement(name, tower, position, ratio, "custom"))
     if self.concrete and self.decay != 1 and all(np.all(p.ratio == 1.0) for p in placed):
