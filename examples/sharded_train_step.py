@@ -5,7 +5,7 @@ On one machine, with 8 simulated CPU devices:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/sharded_train_step.py
 
 On several hosts (a TPU pod slice, multi-GPU nodes) the same script runs on every host after
-``jax.distributed.initialize()``; see the README.
+``jax.distributed.initialize()``; see docs/guides/sharding_and_checkpoints.md.
 """
 
 import functools

@@ -122,20 +122,22 @@ def adamwdl(
 
   Args:
     learning_rate: a float or an optax schedule.
-    b1, b2: decay rates of the moments, in [0, 1).
-    eps, eps_root: added outside and inside the square root (Paddle's
-      ``epsilon`` is ``eps``).
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added outside the square root (Paddle's ``epsilon``).
+    eps_root: added inside the square root.
     mu_dtype: dtype of the first moment.
     weight_decay: the decoupled weight decay :math:`\lambda` (float or
       schedule), scaled by the layer's learning rate as in Paddle.
     mask: which parameters decay: a pytree of bools or a function of the
       params returning one, as in ``optax.adamw``. None decays all.
     nesterov: Nesterov momentum, as in ``optax.adamw``.
-    layerwise_decay, n_layers, set_param_lr_fun, stacks, scan_axes,
-      stage_wise, head_ratio, depth_normalized, min_ratio, freeze_below: the
-      ratios; see :func:`optax_adamwdl.scale_by_layerwise_lr`. Parameters
-      whose ratio is 0 (``freeze_below``) do not move and, with
-      ``freeze_below``, keep no Adam moments.
+    layerwise_decay: the layer-wise decay; this and the nine ladder options
+      that follow (``n_layers``, ``set_param_lr_fun``, ``stacks``,
+      ``scan_axes``, ``stage_wise``, ``head_ratio``, ``depth_normalized``,
+      ``min_ratio``, ``freeze_below``) are those of
+      :func:`optax_adamwdl.scale_by_layerwise_lr`. Parameters whose ratio is 0
+      do not move and, with ``freeze_below``, keep no Adam moments.
     decay_follows_ratio: True (Paddle, timm): the decay is scaled by the ratio;
       False (big_vision): by the learning rate only,
       :math:`p \leftarrow p - \eta_t (r_p\, \mathrm{adam} + \lambda p)`.

@@ -18,41 +18,18 @@ def placements(ladder: Ladder, tree: Any) -> list[Placement]:
   return ladder.placements(names, shapes)
 
 
-def _real_dtype(update: jax.Array) -> Any:
-  """The dtype a ratio is applied in: at least float32, real (float32 for complex64)."""
-  return jnp.finfo(jnp.promote_types(update.dtype, jnp.float32)).dtype
+def scale_leaf(update: jax.Array, ratio: Any) -> jax.Array:
+  """``update * ratio``, in at least float32; exactly 0 where the ratio is 0, whatever the update.
 
-
-def _operands(ratios: list[Any], leaves: list[jax.Array]) -> list[Any]:
-  """Each ratio as an operand of the step: one array per distinct concrete ratio.
-
-  The concrete ratios pass through one ``jax.lax.optimization_barrier``, so
-  that XLA neither folds them into other constants (a scanned leaf's vector
-  and an unrolled layer's scalar then round alike, bit for bit) nor compiles a
-  kernel per ratio. 1 and 0 need no operand; traced ratios are operands
-  already.
+  A concrete ratio is a constant of the compiled step (kept out of the
+  optimizer state, so that a restored state never overrides the
+  configuration); a traced one (``optax.inject_hyperparams``) is an operand.
   """
-  distinct: dict[tuple, int] = {}
-  values, where = [], []
-  for ratio, leaf in zip(ratios, leaves):
-    if isinstance(ratio, jax.Array) or (isinstance(ratio, float) and ratio in (0.0, 1.0)):
-      where.append(ratio)
-      continue
-    value = np.asarray(ratio, _real_dtype(leaf))
-    key = (value.dtype.str, value.shape, value.tobytes())
-    where.append(distinct.setdefault(key, len(values)))
-    if where[-1] == len(values):
-      values.append(value)
-  arrays = jax.lax.optimization_barrier(tuple(map(jnp.asarray, values))) if values else ()
-  return [arrays[w] if isinstance(w, int) else w for w in where]
-
-
-def scale_leaf(update: jax.Array, ratio: Any, operand: Any) -> jax.Array:
-  """``update * ratio``, in at least float32; exactly 0 where the ratio is 0, whatever the update."""
   if isinstance(ratio, float) and ratio in (0.0, 1.0):
     return update if ratio == 1.0 else jnp.zeros_like(update)
   wide = jnp.promote_types(update.dtype, jnp.float32)
-  scaled = (update.astype(wide) * operand.astype(_real_dtype(update))).astype(update.dtype)
+  real = jnp.finfo(wide).dtype  # float32 for complex64: the ratio is real
+  scaled = (update.astype(wide) * jnp.asarray(ratio, real)).astype(update.dtype)
   if isinstance(ratio, np.ndarray) and not ratio.all():
     return jnp.where(ratio != 0, scaled, jnp.zeros((), update.dtype))
   return scaled
@@ -160,7 +137,6 @@ def scale_by_ladder(
     del params, extra_args
     ratios = [ratio(p) for p in placements(ladder, updates)]
     leaves, treedef = jax.tree.flatten(updates)
-    scaled = map(scale_leaf, leaves, ratios, _operands(ratios, leaves))
-    return treedef.unflatten(list(scaled)), state
+    return treedef.unflatten(list(map(scale_leaf, leaves, ratios))), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

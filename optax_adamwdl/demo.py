@@ -2,7 +2,10 @@
 
 It prints the per-layer learning-rate table of a small transformer encoder,
 then trains it on a task it generates (name the most frequent token of a
-sequence), printing the loss as it falls. Needs the ``demo`` extra (flax, tqdm).
+sequence), printing the loss as it falls. The train step is the fast one: the
+model split once with ``nnx.split``, then a pure ``jax.jit`` step over its
+arrays that donates the parameters and the optimizer state. Needs the ``demo``
+extra (flax, tqdm).
 """
 
 import argparse
@@ -95,6 +98,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
 
 
 def make_accuracy(graphdef: nnx.GraphDef):
+  """The fraction of correct predictions, as a jitted function of the split model's arrays."""
+
   @jax.jit
   def accuracy(params, rest, tokens, labels):
     logits = nnx.merge(graphdef, params, rest)(tokens)
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> float:
       bar.set_postfix(loss=f"{loss:.4f}")
       if step % report_every == 0 or step == 1:
         bar.write(f"  step {step:4d}  lr {float(schedule(step - 1)):.2e}  loss {loss:.4f}")
-  nnx.update(model, params)  # the donated arrays were the model's: give it the trained ones
+  # The first step donated the model's own arrays: give it the trained ones (to save or reuse it).
+  nnx.update(model, params)
   held_out = most_frequent_token_task(np.random.default_rng(args.seed + 1), 2048)
   acc = float(accuracy(params, rest, *map(jnp.asarray, held_out)))
   print(f"Held-out accuracy: {acc:.3f} (chance: {1 / vocab:.3f})")
