@@ -59,6 +59,7 @@ def main(steps: int = 60):
     jax.eval_shape(tx.init, params),
     param_sharding,
     transform_non_params=lambda _: NamedSharding(mesh, P()),
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),  # frozen or float32-under-master leaves
   )
   opt_state = jax.jit(tx.init, out_shardings=state_sharding)(params)
   print(lr_table(params, 0.75))

@@ -333,11 +333,15 @@ class Ladder:
     decay = self.decay if given[1] is None else given[1]
     n_layers = self.n_layers if given[0] is None else given[0]
     members = [(n, s) for n, s, t in zip(names, sites, towers) if t == tower]
-    lengths = {s.index[0] for _, s in members if s.kind == "scanned"}
+    lengths: dict[int, str] = {}  # number of layers -> a leaf that holds that many
+    for n, s in members:
+      if s.kind == "scanned":
+        lengths.setdefault(s.index[0], n)
     if len(lengths) > 1:
+      found = ", ".join(f"{n!r} holds {length}" for length, n in sorted(lengths.items()))
       raise ValueError(
-        f"Scanned leaves of stack {tower!r} hold different numbers of layers {sorted(lengths)}: "
-        "check scan_axes (each needs the axis along which that leaf stacks its layers)."
+        f"Scanned leaves of one stack hold different numbers of layers ({found}): check "
+        "scan_axes (each needs the axis along which that leaf stacks its layers)."
       )
     steps = _steps({s.index for _, s in members if s.kind == "layer"}, self.stage_wise)
     found = max([*(v + 1 for v in steps.values()), *lengths], default=None)

@@ -157,3 +157,15 @@ def test_albert_shared_group_is_one_layer():
 @pytest.mark.parametrize("family", ALL)
 def test_every_name_is_recognised(family):
   assert lr_table(FAMILIES[family](), DECAY).unrecognised == ()
+
+
+def test_the_recognised_names_page_is_generated_from_the_rule():
+  """docs/_generated/recognised_names.md is what docs/names_table.py writes from the rule today."""
+  import pathlib
+  import runpy
+
+  generator = runpy.run_path(str(pathlib.Path(__file__).parent.parent / "docs" / "names_table.py"))
+  page = generator["PAGE"]
+  assert page.read_text() == generator["render"](), (
+    "docs/_generated/recognised_names.md is out of date: run python docs/names_table.py"
+  )
