@@ -11,7 +11,6 @@ hyperparameters are traced (``optax.inject_hyperparams``).
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -25,8 +24,6 @@ SetParamLrFun = Callable[[Any, Any, str], Any]
 ScanAxes = Mapping[str, int] | Callable[[str], int | None] | None
 Stacks = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
 
-_FLOAT32 = np.finfo(np.float32)
-_STACK_KEYS = frozenset({"n_layers", "decay"})
 _SHOWN = 5
 
 
@@ -74,58 +71,6 @@ class _UnknownDepth:
 
   def __repr__(self) -> str:
     return "<n_layers unknown>"
-
-
-def _number(name: str, value: Any) -> Any:
-  """A concrete hyperparameter as a Python number (hashable); a traced one unchanged."""
-  number = _checks.concrete_number(name, value)
-  return value if number is None else number
-
-
-def _check_stacks(stacks: Stacks) -> tuple[tuple[str, Any, Any], ...]:
-  if stacks is None:
-    return ()
-  if isinstance(stacks, str) or not isinstance(stacks, Mapping | Sequence):
-    raise TypeError(
-      'stacks must map a name prefix to its options, e.g. {"encoder": {}, "decoder": '
-      f'{{"decay": 0.9}}}}, or list prefixes; got {stacks!r}.'
-    )
-  items = stacks.items() if isinstance(stacks, Mapping) else [(p, None) for p in stacks]
-  checked = []
-  for prefix, options in items:
-    options = dict(options or {})
-    if not isinstance(prefix, str) or not prefix or set(options) - _STACK_KEYS:
-      raise ValueError(
-        f"stacks[{prefix!r}] must be a non-empty name prefix with options among "
-        f"{sorted(_STACK_KEYS)}; got {options!r}."
-      )
-    label = f"stacks[{prefix!r}]"
-    decay = options.get("decay")
-    if decay is not None:
-      _checks.check_range(f"{label}['decay']", decay, low=0.0, low_inclusive=False)
-      decay = _number(f"{label}['decay']", decay)
-    n_layers = _checks.check_n_layers(f"{label}['n_layers']", options.get("n_layers"))
-    checked.append((prefix, n_layers, decay))
-  prefixes = [p for p, _, _ in checked]
-  for p in prefixes:
-    for q in prefixes:
-      if p != q and q.startswith(p + "."):
-        raise ValueError(f"stacks {p!r} and {q!r} overlap: give stacks that do not nest.")
-  return tuple(checked)
-
-
-def _check_scan_axes(scan_axes: ScanAxes) -> Any:
-  if scan_axes is None or callable(scan_axes):
-    return scan_axes
-  if not isinstance(scan_axes, Mapping) or not all(
-    isinstance(k, str) and isinstance(a, int) and not isinstance(a, bool)
-    for k, a in scan_axes.items()
-  ):
-    raise TypeError(
-      "scan_axes must map a name component to an integer axis, e.g. {'encoderblock': 0}, or be "
-      f"a function name -> axis or None; got {scan_axes!r}."
-    )
-  return tuple(sorted(scan_axes.items()))
 
 
 def _power(decay: Any, exponent: Any) -> Any:
@@ -220,16 +165,18 @@ class Ladder:
       _checks.check_range("freeze_below", freeze_below, low=0.0)
     _checks.check_callable("set_param_lr_fun", set_param_lr_fun, "(decay_rate, n_layers, name)")
     ladder = cls(
-      decay=_number("layerwise_decay", layerwise_decay),
+      decay=_checks.number_or_traced("layerwise_decay", layerwise_decay),
       n_layers=_checks.check_n_layers("n_layers", n_layers),
       rule=set_param_lr_fun,
-      stacks=_check_stacks(stacks),
-      scan_axes=_check_scan_axes(scan_axes),
+      stacks=_checks.check_stacks(stacks),
+      scan_axes=_checks.check_scan_axes(scan_axes),
       stage_wise=bool(stage_wise),
-      head_ratio=_number("head_ratio", head_ratio),
+      head_ratio=_checks.number_or_traced("head_ratio", head_ratio),
       depth_normalized=bool(depth_normalized),
-      min_ratio=_number("min_ratio", min_ratio),
-      freeze_below=None if freeze_below is None else _number("freeze_below", freeze_below),
+      min_ratio=_checks.number_or_traced("min_ratio", min_ratio),
+      freeze_below=None
+      if freeze_below is None
+      else _checks.number_or_traced("freeze_below", freeze_below),
     )
     refinements = ladder.stacks or ladder.scan_axes is not None or ladder.stage_wise
     if ladder.rule is not None and (
@@ -409,7 +356,7 @@ class Ladder:
     for name, site, tower in zip(names, sites, towers):
       ratio = self.rule(self.decay, n_layers, name)
       if self.concrete:
-        ratio = _rule_ratio(ratio, name)
+        ratio = _checks.rule_ratio(ratio, name)
       position = "layers" if site.kind == "scanned" else "bottom"
       position = site.index[0] if site.kind == "layer" else position
       position = "top" if site.kind in ("head", "unrecognised") else position
@@ -434,42 +381,10 @@ class Ladder:
     if traced:
       return placement._replace(ratio=ratio)
     ratio = float(ratio) if np.ndim(ratio) == 0 else np.asarray(ratio, np.float64)
-    _check_representable(placement, raw, ratio, self.freeze_below)
+    _checks.check_representable(placement, raw, ratio, self.freeze_below)
     return placement._replace(ratio=ratio)
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_placements(ladder: Ladder, names: tuple, shapes: tuple) -> tuple[Placement, ...]:
   return tuple(ladder._placements(names, shapes))
-
-
-def _rule_ratio(ratio: Any, name: str) -> float:
-  """A ``set_param_lr_fun`` result, checked: a finite real number >= 0."""
-  try:
-    number = _checks.concrete_number("ratio", ratio)
-  except TypeError:
-    number = None
-  if number is None or not math.isfinite(number) or number < 0:
-    raise (TypeError if number is None else ValueError)(
-      f"set_param_lr_fun returned {ratio!r} for parameter {name!r}; a learning-rate ratio "
-      "must be a finite real number >= 0."
-    )
-  return float(number)
-
-
-def _check_representable(placement: Placement, raw: Any, ratio: Any, freeze_below: Any) -> None:
-  """Refuses a ratio that float32 cannot hold, or that the ladder's arithmetic flushed to 0."""
-  raw, final = np.ravel(np.asarray(raw, np.float64)), np.ravel(ratio)
-  frozen = (final == 0) & (freeze_below is not None) & (raw < (freeze_below or 0))
-  meant_zero = (placement.rule in ("head", "unrecognised", "custom")) & (raw == 0)
-  normal = (final >= _FLOAT32.tiny) & (final <= _FLOAT32.max)
-  bad = ~(normal | frozen | ((final == 0) & meant_zero))
-  if bad.any():
-    where = f" (layer {int(np.argmax(bad))} of the scanned leaf)" if final.size > 1 else ""
-    raise ValueError(
-      f"The learning-rate ratio of parameter {placement.name!r}{where} is "
-      f"{raw[bad][0]!r}, which float32 cannot hold (normal range {_FLOAT32.tiny:.3g} to "
-      f"{_FLOAT32.max:.3g}): its updates would be 0 or inf. If it should not train, say so with "
-      "freeze_below=...; to keep it training, set a floor with min_ratio=... (or use a larger "
-      "layerwise_decay or depth_normalized=True)."
-    )
