@@ -63,8 +63,7 @@ def _patterns() -> str:
       f"| embedding (bottom) | any component containing `embed` (not `unembed*`, `embed_out*`); "
       f"{words(_layers.EMBEDDINGS)}; a leaf named {words(_layers.EMBEDDING_LEAVES)} |",
       f"| stem or pre-norm (bottom) | {words(_layers.STEMS)}; `conv`, `conv1`, `bn1`, ... |",
-      f"| head (top) | {words(_layers.HEADS)}; names ending in "
-      f"{words(_layers.HEAD_SUFFIXES)} |",
+      f"| head (top) | {words(_layers.HEADS)}; names ending in {words(_layers.HEAD_SUFFIXES)} |",
     ]
   )
 
