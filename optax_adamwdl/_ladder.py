@@ -179,8 +179,9 @@ class Ladder:
       else _checks.number_or_traced("freeze_below", freeze_below),
     )
     refinements = ladder.stacks or ladder.scan_axes is not None or ladder.stage_wise
+    head = ladder.head_ratio  # traced under inject_hyperparams: given, so not the default
     if ladder.rule is not None and (
-      refinements or ladder.depth_normalized or ladder.head_ratio != 1
+      refinements or ladder.depth_normalized or not isinstance(head, int | float) or head != 1
     ):
       raise ValueError(
         "stacks, scan_axes, stage_wise, head_ratio and depth_normalized refine the default "
