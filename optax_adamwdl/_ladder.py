@@ -179,9 +179,9 @@ class Ladder:
       else _checks.number_or_traced("freeze_below", freeze_below),
     )
     refinements = ladder.stacks or ladder.scan_axes is not None or ladder.stage_wise
-    head = ladder.head_ratio  # traced under inject_hyperparams: given, so not the default
+    head = ladder.head_ratio  # traced under inject_hyperparams (its default too): unchecked
     if ladder.rule is not None and (
-      refinements or ladder.depth_normalized or not isinstance(head, int | float) or head != 1
+      refinements or ladder.depth_normalized or (isinstance(head, int | float) and head != 1)
     ):
       raise ValueError(
         "stacks, scan_axes, stage_wise, head_ratio and depth_normalized refine the default "
@@ -295,7 +295,7 @@ class Ladder:
     found = max([*(v + 1 for v in steps.values()), *lengths], default=None)
     if _checks.is_traced(n_layers) or isinstance(n_layers, jax.Array):
       return _Stack(decay, n_layers, steps)
-    if n_layers is not None and found is not None and n_layers < found:
+    if n_layers is not None and found is not None and n_layers < found and self.rule is None:
       deepest = next(
         n for n, s in members if s.kind == "scanned" or steps.get(s.index) == found - 1
       )

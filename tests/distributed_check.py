@@ -103,11 +103,10 @@ def with_sharding(params):
   )
   state = jax.jit(tx.init, out_shardings=state_sharding)(params)
 
-  for p, mu, nu in zip(
-    jax.tree.leaves(params), jax.tree.leaves(state[1].mu), jax.tree.leaves(state[1].nu)
-  ):
-    assert mu.sharding.is_equivalent_to(p.sharding, p.ndim), (mu.sharding, p.sharding)
-    assert nu.sharding.is_equivalent_to(p.sharding, p.ndim)
+  mu, nu = optax.tree.get(state, "mu"), optax.tree.get(state, "nu")
+  for p, m, v in zip(jax.tree.leaves(params), jax.tree.leaves(mu), jax.tree.leaves(nu)):
+    assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
+    assert v.sharding.is_equivalent_to(p.sharding, p.ndim)
 
   def step(params, state, tokens, labels):
     updates, state = tx.update(jax.grad(loss_fn)(params, tokens, labels), state, params)

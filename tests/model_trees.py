@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from optax_adamwdl import param_names  # the names are the API under test elsewhere
 from optax_adamwdl.demo import TransformerEncoder
 
 H = 4
@@ -22,9 +23,12 @@ def _w(*shape):
   return np.zeros(shape or (H,), np.float32)
 
 
-def _expected_from(params, classify):
-  from optax_adamwdl.names import leaf_names  # the names are the API under test elsewhere
+def leaf_names(params):
+  """The dotted names of ``params``' leaves, in ``jax.tree.leaves`` order."""
+  return jax.tree.leaves(param_names(params))
 
+
+def _expected_from(params, classify):
   return {name: classify(name) for name in leaf_names(params)}
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from optax_adamwdl import adamwdl
 from optax_adamwdl.demo import TransformerEncoder
-from optax_adamwdl.names import leaf_names
+from tests.model_trees import leaf_names
 
 STEPS, SPLIT = 6, 3
 

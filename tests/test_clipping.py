@@ -38,10 +38,10 @@ def test_clip_by_value_asymmetric_and_default_bounds():
   "make, error, message",
   [
     (lambda: clip_by_norm(0.0), ValueError, r"clip_norm must be finite and in \(0.0, inf\]"),
-    (lambda: clip_by_norm("1"), TypeError, "clip_norm must be a number"),
+    (lambda: clip_by_norm("1"), TypeError, "clip_norm must be a real number"),
     (lambda: clip_by_value(-1.0), ValueError, r"max_value must be finite and in \(0.0, inf\]"),
     (lambda: clip_by_value(1.0, 2.0), ValueError, "min_value < max_value, got 2.0 and 1.0"),
-    (lambda: clip_by_value(None), TypeError, "max_value must be a number"),
+    (lambda: clip_by_value(None), TypeError, "max_value must be a real number"),
   ],
 )
 def test_bad_arguments(make, error, message):

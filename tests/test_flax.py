@@ -10,8 +10,8 @@ from flax.training import train_state
 
 from optax_adamwdl import adamwdl, lr_ratios, lr_table
 from optax_adamwdl.demo import TransformerEncoder
-from optax_adamwdl.names import leaf_names
 from tests import flax_models, model_trees
+from tests.model_trees import leaf_names
 
 LR, DECAY = 1e-2, 0.6
 
@@ -95,15 +95,22 @@ def test_real_model_trees_table_and_first_step(family):
   depth = 4
   module, inputs, expected = flax_models.MODELS[family](depth)
   params = module.init(jax.random.key(0), inputs)["params"]
-  table = lr_table(params, DECAY)
-  assert [r.layer for r in table.rows] == ["embedding", "0", "1", "2", "3", "other"]
-  assert [r.ratio for r in table.rows] == [
-    _expected_ratio(x, depth) for x in ["embedding", 0, 1, 2, 3, None]
-  ]
+  rows = lr_table(params, DECAY).rows
+  layers = ["embedding", *range(depth), None]
+  labels = ["bottom", *map(str, range(depth)), "top"]
+  # Each stack's rows (T5 has two) go from its bottom to its top.
+  for stack in {r.stack for r in rows}:
+    steps = [labels.index(r.layer) for r in rows if r.stack == stack]
+    assert steps == sorted(steps), stack
+  assert {r.layer for r in rows} == set(labels)
   names = leaf_names(params)
   sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(params)]
-  for row, layer in zip(table.rows, ["embedding", 0, 1, 2, 3, None]):
-    assert row.n_params == sum(s for n, s in zip(names, sizes) if expected(n) == layer)
+  for label, layer in zip(labels, layers):
+    here = [r for r in rows if r.layer == label]
+    assert {r.ratio for r in here} == {_expected_ratio(layer, depth)}, label
+    assert sum(r.n_params for r in here) == sum(
+      s for n, s in zip(names, sizes) if expected(n) == layer
+    ), label
   _check_train_state(module, params, inputs, expected, depth)
 
 

@@ -31,13 +31,13 @@ def _problem(seed, steps):
 
 def test_zero_d_arrays_equal_python_floats():
   init, grads = _problem(0, 4)
-  floats = adamwdl(1e-2, 0.8, 0.99, 1e-6, 0.1, layerwise_decay=0.7)
+  floats = adamwdl(1e-2, 0.8, 0.99, 1e-6, weight_decay=0.1, layerwise_decay=0.7)
   arrays = adamwdl(
     jnp.float32(1e-2),
     jnp.float32(0.8),
     np.float32(0.99),
     jnp.asarray(1e-6),
-    jnp.float32(0.1),
+    weight_decay=jnp.float32(0.1),
     layerwise_decay=jnp.float32(0.7),
   )
   # Python floats are rounded to float32 after arithmetic like 1 - b1, arrays before it.

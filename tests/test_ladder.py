@@ -72,7 +72,15 @@ def test_scanned_and_unrolled_models_get_identical_updates(jit):
   tx_unrolled = adamwdl(1e-2, layerwise_decay=DECAY)
   got = _unroll(run_steps(tx_scanned, scanned, grads, jit)[0])
   want = run_steps(tx_unrolled, _unroll(scanned), [_unroll(g) for g in grads], jit)[0]
-  chex.assert_trees_all_equal(got, want)
+  if not jit:
+    chex.assert_trees_all_equal(got, want)
+  else:
+    # The ratios are constants of the compiled step, and XLA folds a constant learning rate into
+    # a layer's scalar ratio (one rounding of ratio * lr) but not into a scanned leaf's vector of
+    # ratios (two roundings): a step may differ by one rounding, a parameter by two (the step and
+    # the sum) per step.
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_max_ulp(np.asarray(g), np.asarray(w), maxulp=2 * len(grads))
   # And the unrolled model is what Flax builds, so its names are the real ones.
   real = _Unrolled().init(jax.random.key(0), x)["params"]
   assert jax.tree.structure(real) == jax.tree.structure(want)
@@ -87,7 +95,8 @@ def test_scanned_ratio_is_a_length_L_vector_and_n_layers_is_inferred():
   assert ratios["embedding"]["kernel"] == DECAY ** (DEPTH + 1)
   assert ratios["head"]["kernel"] == 1.0
   table = lr_table(scanned, DECAY, scan_axes={"encoderblock": 0})
-  assert [r.layer for r in table.rows] == ["embedding", "0", "1", "2", "other"]
+  assert [r.layer for r in table.rows] == ["bottom", "0", "1", "2", "top"]
+  assert [r.rule for r in table.rows[1:4]] == ["scan"] * 3
   per_layer = sum(x.size for x in jax.tree.leaves(scanned["encoderblock"])) // DEPTH
   assert [r.n_params for r in table.rows[1:4]] == [per_layer] * 3
 
@@ -132,9 +141,8 @@ def test_bad_scan_axis_is_refused_naming_the_parameter():
 def test_encoder_and_decoder_of_different_depths_each_get_their_own_ladder():
   module, inputs, _ = flax_models.t5_style(4, 2)
   params = module.init(jax.random.key(0), inputs)["params"]
-  merged = lr_ratios(params, 0.5)  # one depth for both: the decoder's top layer gets 0.5 ** 3
-  assert merged["decoder"]["block"]["1"]["mlp"]["kernel"] == 0.5**3
-  ratios = lr_ratios(params, 0.5, stacks=["encoder", "decoder"])
+  ratios = lr_ratios(params, 0.5)  # each stack its own depth: both top layers get 0.5 ** 1
+  assert ratios == lr_ratios(params, 0.5, stacks=["encoder", "decoder"])
   assert [ratios["encoder"]["block"][str(i)]["mlp"]["kernel"] for i in range(4)] == [
     0.5**4,
     0.5**3,
@@ -144,19 +152,17 @@ def test_encoder_and_decoder_of_different_depths_each_get_their_own_ladder():
   assert [ratios["decoder"]["block"][str(i)]["mlp"]["kernel"] for i in range(2)] == [0.25, 0.5]
   assert ratios["shared"]["embedding"] == 0.5**5  # below the deepest stack
   assert ratios["lm_head"]["kernel"] == 1.0
-  rows = [r.layer for r in lr_table(params, 0.5, stacks=["encoder", "decoder"]).rows]
-  assert rows == [
-    "encoder 0",
-    "encoder 1",
-    "encoder 2",
-    "encoder 3",
-    "encoder other",
-    "decoder 0",
-    "decoder 1",
-    "decoder other",
-    "embedding",
-    "other",
-  ]
+  rows = lr_table(params, 0.5, stacks=["encoder", "decoder"]).rows
+  stacks = list(dict.fromkeys(r.stack for r in rows))
+  assert sorted(stacks) == ["(outside)", "decoder", "encoder"]
+  # Each stack's rows together, from its bottom to its top.
+  assert [r.stack for r in rows] == sorted((r.stack for r in rows), key=stacks.index)
+  assert {s: [r.layer for r in rows if r.stack == s] for s in stacks} == {
+    "encoder": ["0", "1", "2", "3", "top"],
+    "decoder": ["0", "1", "top"],
+    "(outside)": ["bottom", "top"],
+  }
+  assert [r.ratio for r in rows if r.stack == "(outside)"] == [0.5**5, 1.0]
 
 
 def test_towers_with_their_own_decay_and_depth():
@@ -176,9 +182,12 @@ def test_towers_with_their_own_decay_and_depth():
   "stacks, message",
   [
     (["encoder", "decodr"], r"stacks: no parameter name starts with 'decodr'"),
-    ({"encoder": {"depth": 3}}, r"stacks\['encoder'\] must be a non-empty prefix with options"),
+    (
+      {"encoder": {"depth": 3}},
+      r"stacks\['encoder'\] must be a non-empty name prefix with options",
+    ),
     ({"encoder": {"decay": -1.0}}, r"stacks\['encoder'\]\['decay'\] must be finite"),
-    ({"encoder": {"n_layers": 2}}, r"n_layers=2 but parameter 'encoder.block.3.*' reaches layer 3"),
+    ({"encoder": {"n_layers": 2}}, r"n_layers=2 but parameter 'encoder.block.3.*' is in layer 3"),
   ],
 )
 def test_bad_stacks_are_refused(stacks, message):
@@ -220,8 +229,9 @@ def test_freeze_below_zeroes_updates_and_allocates_no_moments():
   tx = adamwdl(1e-2, weight_decay=0.1, layerwise_decay=0.5, freeze_below=0.1)
   state = tx.init(params)
   frozen = [k for k in params if k.startswith(("embeddings.", "encoder.layers.0."))]
-  adam_state = state[1].inner_state
-  assert len(jax.tree.leaves(adam_state.mu)) == len(params) - len(frozen)
+  mu = optax.tree.get(state, "mu")
+  assert len(jax.tree.leaves(mu)) == len(params) - len(frozen)
+  assert all(isinstance(mu[k], optax.MaskedNode) for k in frozen)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = jax.jit(tx.update)(grads, state, params)
   for k in params:
@@ -232,9 +242,8 @@ def test_freeze_below_zeroes_updates_and_allocates_no_moments():
 def test_freeze_below_with_a_traced_decay_is_a_clear_error():
   tx = optax.inject_hyperparams(adamwdl)(layerwise_decay=0.5, freeze_below=0.1)
   params = _bert_params()
-  state = tx.init(params)
-  with pytest.raises(TypeError, match="freeze_below needs a concrete layerwise_decay"):
-    jax.jit(tx.update)(params, state, params)
+  with pytest.raises(TypeError, match=r"freeze_below .* concrete.*static_args="):
+    jax.jit(tx.update)(params, tx.init(params), params)
 
 
 @pytest.mark.parametrize("follows", [True, False])

@@ -1,20 +1,34 @@
-"""The default layer rule on the real path shapes of each model family."""
+"""The default layer rule (the private unit ``_layers.site``) on the real path shapes of each
+model family, and the public ``layerwise_lr_decay``."""
 
 import jax
 import pytest
 
-from optax_adamwdl import layer_id, layerwise_lr_decay, lr_ratios
-from optax_adamwdl.layers import infer_n_layers
-from optax_adamwdl.names import leaf_names
+from optax_adamwdl import _layers, layerwise_lr_decay, lr_ratios
 from tests import model_trees, reference
+from tests.model_trees import leaf_names
+
+
+def layer_of(name):
+  """A name's layer as model_trees annotates it: its index, "embedding" (below the first layer)
+  or None (above the last layer: heads, final norms, and names no rule recognises)."""
+  site = _layers.site(name)
+  if site.kind == "layer":
+    return site.index[0]
+  if site.kind in ("embedding", "stem"):
+    return "embedding"
+  assert site.kind in ("head", "unrecognised"), site
+  return None
 
 
 @pytest.mark.parametrize("family", sorted(model_trees.FAMILIES))
 @pytest.mark.parametrize("depth", [1, 3, 12])
 def test_layer_ids_and_depth_per_family(family, depth):
   params, expected = model_trees.FAMILIES[family](depth)
-  assert {name: layer_id(name) for name in leaf_names(params)} == expected
-  assert infer_n_layers(leaf_names(params)) == depth
+  assert {name: layer_of(name) for name in leaf_names(params)} == expected
+  # The depth inferred from the names is the model's depth.
+  assert lr_ratios(params, 0.5) == lr_ratios(params, 0.5, n_layers=depth)
+  assert lr_ratios(params, 0.5) != lr_ratios(params, 0.5, n_layers=depth + 1)
   assert sum(v == "embedding" for v in expected.values()) >= 1
   assert sum(v is None for v in expected.values()) >= 1  # final norm or head
 
@@ -80,12 +94,14 @@ def test_exactly_paddles_ratios_on_paddle_names(n_layers, decay):
   ],
 )
 def test_layer_id_patterns(name, expected):
-  assert layer_id(name) == expected
+  assert layer_of(name) == expected
 
 
 def test_outermost_pattern_wins():
-  assert layer_id("layers.2.blocks.5.mlp.kernel") == 2
-  assert layer_id("h.3.embed_proj.kernel") == 3
+  # A block nested in a stage (Swin) is (stage, block), counted from the outer list.
+  assert _layers.site("layers.2.blocks.5.mlp.kernel") == _layers.Site("layer", (2, 5), "layers")
+  assert _layers.site("h.3.embed_proj.kernel") == _layers.Site("layer", (3,), "h")
+  assert _layers.site("encoderblock_2.MlpBlock_0.kernel").index == (2,)
 
 
 def test_layerwise_lr_decay_is_papers_ladder():

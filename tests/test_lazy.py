@@ -3,6 +3,7 @@
 import chex
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from optax_adamwdl import adamwdl
@@ -58,7 +59,7 @@ def test_lazy_mode_matches_numpy_rule(seed):
   rng = np.random.default_rng(100 + seed)
   init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
   grads = _grads(seed)
-  tx = adamwdl(0.05, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.5, lazy_mode=True)
+  tx = adamwdl(0.05, 0.8, 0.95, 1e-6, weight_decay=0.1, layerwise_decay=0.5, lazy_mode=True)
   params, state = run_steps(tx, init, grads)
   ratios = {
     "embeddings.word": 0.125,
@@ -67,14 +68,16 @@ def test_lazy_mode_matches_numpy_rule(seed):
     "head.scale": 1.0,
   }
   p, m, v = _numpy_lazy(init, grads, lr=0.05, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, ratios=ratios)
-  adam_state = state[1]
-  assert int(adam_state.count) == STEPS  # the global step count
+  mu, nu = optax.tree.get(state, "mu"), optax.tree.get(state, "nu")
+  assert int(optax.tree.get(state, "count")) == STEPS  # the global step count
   for k in SHAPES:
     np.testing.assert_allclose(params[k], p[k], rtol=2e-6, atol=2e-6, err_msg=k)
-    np.testing.assert_allclose(adam_state.mu[k], m[k], rtol=2e-6, atol=1e-7, err_msg=k)
-    np.testing.assert_allclose(adam_state.nu[k], v[k], rtol=2e-6, atol=1e-9, err_msg=k)
+    np.testing.assert_allclose(mu[k], m[k], rtol=2e-6, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(nu[k], v[k], rtol=2e-6, atol=1e-9, err_msg=k)
   # And it differs from dense mode, so the rule was exercised.
-  dense, _ = run_steps(adamwdl(0.05, 0.8, 0.95, 1e-6, 0.1, layerwise_decay=0.5), init, grads)
+  dense, _ = run_steps(
+    adamwdl(0.05, 0.8, 0.95, 1e-6, weight_decay=0.1, layerwise_decay=0.5), init, grads
+  )
   assert not np.allclose(dense["embeddings.word"], params["embeddings.word"])
 
 

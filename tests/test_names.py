@@ -1,4 +1,4 @@
-"""Dotted names from pytree paths."""
+"""param_names (``_names``): dotted names from pytree paths."""
 
 import dataclasses
 
@@ -8,7 +8,10 @@ import numpy as np
 from flax import nnx
 
 from optax_adamwdl import param_names
-from optax_adamwdl.names import leaf_names, path_name
+
+
+def leaf_names(tree):
+  return jax.tree.leaves(param_names(tree))
 
 
 def test_dict_list_and_tuple_paths_join_with_dots():
@@ -60,5 +63,13 @@ def test_nnx_state_drops_the_value_suffix():
   ]
 
 
-def test_a_parameter_called_value_keeps_its_name_when_not_last_attribute():
-  assert path_name((jax.tree_util.DictKey("value"), jax.tree_util.DictKey("w"))) == "value.w"
+def test_a_parameter_called_value_keeps_its_name():
+  assert leaf_names({"value": {"w": jnp.zeros(2)}}) == ["value.w"]
+
+  # Only an nnx Variable loses its ".value": a dataclass field called value keeps it, last or not.
+  @jax.tree_util.register_dataclass
+  @dataclasses.dataclass
+  class Scalar:
+    value: jax.Array
+
+  assert leaf_names({"h": [Scalar(jnp.zeros(2))]}) == ["h.0.value"]

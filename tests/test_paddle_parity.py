@@ -28,7 +28,7 @@ def _our_adamwdl(**options):
     HYPER["b1"],
     HYPER["b2"],
     HYPER["eps"],
-    HYPER["wd"],
+    weight_decay=HYPER["wd"],
     apply_decay_param_fun=reference.paddle_no_decay,
     **options,
   )

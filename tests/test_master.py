@@ -1,4 +1,4 @@
-"""multi_precision: float32 master weights for bfloat16/float16 parameters."""
+"""multi_precision (``_master``): float32 master weights for bfloat16/float16 parameters."""
 
 import chex
 import jax
@@ -92,6 +92,7 @@ def test_apply_updates_lands_exactly_on_the_rounded_master():
   state = tx.init(params)
   grads = jnp.asarray(rng.normal(size=4096) * 10.0 ** rng.uniform(-9, 3, size=4096), jnp.bfloat16)
   updates, state = tx.update(grads, state, params)
+  assert updates.dtype == jnp.bfloat16  # in the parameters' dtype
   new = optax.apply_updates(params, updates)
   assert new.dtype == jnp.bfloat16
   np.testing.assert_array_equal(new, state.master.astype(jnp.bfloat16))
@@ -105,11 +106,12 @@ def test_state_holds_float32_copies_only_of_low_precision_leaves():
   }
   state = adamwdl(multi_precision=True, mu_dtype=jnp.bfloat16).init(params)
   assert isinstance(state, MasterWeightsState)
-  assert state.master["b"] is None
+  assert isinstance(state.master["b"], optax.MaskedNode)
   assert state.master["a"].dtype == jnp.float32 and state.master["layers"][0].dtype == jnp.float32
-  adam = state.inner_state[1]
-  assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
-  assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}  # mu_dtype
+  assert optax.tree.get(state, "master") is state.master
+  nu, mu = optax.tree.get(state, "nu"), optax.tree.get(state, "mu")
+  assert {x.dtype for x in jax.tree.leaves(nu)} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(jnp.bfloat16)}  # mu_dtype
 
 
 def test_float32_parameters_are_unchanged_by_multi_precision():
