@@ -12,13 +12,9 @@ import jax
 
 
 def _variable_types() -> tuple[type, ...]:
-  """flax nnx's Variable classes, when flax.nnx is imported (it is never imported here)."""
+  """flax nnx's Variable class, when flax.nnx is imported (it is never imported here)."""
   nnx = sys.modules.get("flax.nnx")
-  if nnx is None:
-    return ()
-  return tuple(
-    t for t in (getattr(nnx, "Variable", None), getattr(nnx, "VariableState", None)) if t
-  )
+  return (nnx.Variable,) if nnx is not None else ()
 
 
 def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:
