@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -303,7 +304,7 @@ def jax_stepper(label: str, tree: str, params, grads, device_steps: int = 0, own
 
     return jax.lax.fori_loop(0, device_steps, body, (p, s))
 
-  step = jax.jit(one, donate_argnums=(0, 1))
+  step = jax.jit(one, donate_argnums=(0, 1)).lower(carry["p"], carry["s"], grads).compile()
   steps = jax.jit(many, donate_argnums=(0, 1))
 
   def call():
@@ -314,7 +315,24 @@ def jax_stepper(label: str, tree: str, params, grads, device_steps: int = 0, own
 
   info = dict(n=n, bytes_per_param=bytes_per_param, param_bytes=n * jnp.dtype(dtype).itemsize)
   info |= _state_sizes(jax.tree.leaves(carry["s"])) | dict(per_call=1, per_device=device_steps)
+  info |= compiled_traffic(step, n, len(jax.tree.leaves(grads)))
   return Stepper(call, device if device_steps else None, info)
+
+
+def compiled_traffic(compiled, n: int, leaves: int) -> dict:
+  """What the compiled step moves: XLA's bytes accessed per parameter, and its loops per leaf.
+
+  A loop is a fusion with an array result (each reads its operands and writes its results once), so
+  the loops per leaf count the passes over memory, and the bytes are those passes' reads and writes.
+  """
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  text = compiled.as_text()
+  entry = text[text.index("\nENTRY") :]
+  results = re.findall(r"= ([(][^)]*[)]|[^ ]+) fusion[(]", entry)
+  loops = sum(bool(re.search(r"\[[0-9]", r)) for r in results)
+  moved = cost.get("bytes accessed")
+  return dict(moved_per_param=moved / n if moved else None, loops_per_leaf=loops / leaves)
 
 
 def optimizer_steppers(tree: str, labels: list[str], device_steps: int, warmup: int) -> dict:
@@ -470,8 +488,8 @@ def demo_model(size: str):
   )
 
 
-def e2e_steppers(size: str, steps: int, warmup: int) -> dict:
-  """Whole steps of the demo model, each pattern with each optimizer (and without one), warm."""
+def e2e_steppers(size: str, steps: int, warmup: int, whats: tuple = tuple(E2E_WHAT)) -> dict:
+  """Whole steps of the demo model, each pattern with each of ``whats`` (optimizers, or none), warm."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -486,7 +504,7 @@ def e2e_steppers(size: str, steps: int, warmup: int) -> dict:
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   steppers = {}
   for pattern, build in (("jit", _jit_pattern), ("nnx", _nnx_pattern)):
-    for what in E2E_WHAT:
+    for what in whats:
       call = _repeat(build(nnx.clone(model), what, batch), steps)  # same initial values
       for _ in range(warmup):
         call()
@@ -745,13 +763,18 @@ def run_tree(tree: str, args, machine: dict) -> dict:
   others = [("torch foreach", torch_step), ("torch fused", torch_step)] * _available("torch")
   others += [("paddle AdamW", paddle_step)] * (_available("paddle") and machine["backend"] == "cpu")
   jobs = [(run, kind, tree, args.warmup, args.repeats, machine["backend"]) for kind, run in others]
+
+  def start_workers():  # --quick: all at once, as nothing is measured; else alone, after the others
+    workers = [Worker(optimizer_steppers, tree, labels, device_steps, args.warmup, wait=False)]
+    if fused:
+      flags = MULTI_OUTPUT_FUSION
+      workers.append(Worker(optimizer_steppers, tree, fused, 0, args.warmup, xla_flags=flags))
+    return workers
+
+  workers = start_workers() if args.quick else []
   results = isolated(*jobs) if args.quick and jobs else [isolated(job)[0] for job in jobs]
   solo = {kind: r for (kind, _), r in zip(others, results)}
-  workers = [Worker(optimizer_steppers, tree, labels, device_steps, args.warmup)]
-  if fused:
-    workers.append(
-      Worker(optimizer_steppers, tree, fused, 0, args.warmup, xla_flags=MULTI_OUTPUT_FUSION)
-    )
+  workers = workers or start_workers()
   try:
     main = [(workers[0], k, k) for k in labels if k not in BF16[2:]]
     main += [(workers[-1], k, k + FUSED_SUFFIX) for k in fused]
@@ -810,6 +833,7 @@ def session_rows(result: dict, session: str, references: list[str]) -> list[dict
     step = statistics.median(times)
     row = dict(tree=tree, optimizer=NAMES.get(name, name), params_m=n / 1e6, bytes_per_param=bpp)
     row |= dict(step_ms=1e3 * step, gb_s=bpp * n / step / 1e9, rounds=times)
+    row |= {k: infos[name].get(k) for k in ("moved_per_param", "loops_per_leaf")}
     for i, ref in enumerate(references):
       if isinstance(calls.get(ref), list):
         row[f"ratio_medians_{i}"] = step / statistics.median(calls[ref])
@@ -962,6 +986,12 @@ def _memory_columns(machine: dict) -> list:
   ]
 
 
+_TRAFFIC_COLUMNS = [  # of the compiled step (compiled_traffic)
+  ("B / param moved (XLA)", lambda r: _fmt(r.get("moved_per_param"), "{:.1f}")),
+  ("loops / leaf", lambda r: _fmt(r.get("loops_per_leaf"), "{:.2f}")),
+]
+
+
 def main_table(rows: list[dict], machine: dict) -> list[str]:
   per_call = "per call (ms)" if machine["device_time"] else "step (ms)"
   columns = [
@@ -969,6 +999,7 @@ def main_table(rows: list[dict], machine: dict) -> list[str]:
     ("optimizer", lambda r: r["optimizer"]),
     ("params (M)", lambda r: _fmt(r.get("params_m"), "{:.1f}")),
     ("B / param", lambda r: _fmt(r.get("bytes_per_param"), "{}")),
+    *_TRAFFIC_COLUMNS,
     *_timing_columns("optax.adamw", machine, per_call),
   ]
   if machine["backend"] == "cpu":
@@ -984,6 +1015,7 @@ def bf16_table(rows: list[dict], machine: dict) -> list[str]:
     ("tree", lambda r: r["tree"]),
     ("optimizer", lambda r: r["optimizer"]),
     ("B / param", lambda r: _fmt(r.get("bytes_per_param"), "{}")),
+    *_TRAFFIC_COLUMNS,
     *_timing_columns("adamwdl float32", machine, "step (ms)"),
     ("× optax.adamw bf16: paired median", lambda r: _q(r.get("ratio_paired_1"))),
     ("GB/s", lambda r: _fmt(r.get("gb_s"), "{:.2f}")),
@@ -1111,7 +1143,10 @@ def format_results(results: dict) -> str:
     f"each per round in a rotating order, {results['rounds']} rounds; times are medians. "
     '"Ratio of medians" divides the medians of the row; "paired" is the median (quartiles) of '
     "the per-round ratios, which cancels the load the rounds share. "
-    f"torch and paddle: alone, median of {results['repeats']} steps after a warm-up.",
+    f"torch and paddle: alone, median of {results['repeats']} steps after a warm-up. "
+    '"B / param" is the least a step must read and write; "moved (XLA)" is what the compiled '
+    "step reads and writes (XLA's cost analysis), in as many loops over memory per leaf as "
+    '"loops / leaf" says.',
   ]
   if m["device_time"]:
     lines[-1] += (
@@ -1186,7 +1221,7 @@ def machine_info() -> dict:
 def run_e2e(args, worker: "Worker | None" = None) -> dict:
   """The whole steps, taken in turn in one worker."""
   worker = worker or Worker(e2e_steppers, args.e2e_size, args.e2e_steps, args.warmup)
-  names = [f"{p}/{w}" for p in PATTERNS for w in E2E_WHAT]
+  names = list(worker.info) if isinstance(worker.info, dict) else []
   try:
     times = in_turn([(worker, k, k) for k in names], args.e2e_rounds)
   finally:
@@ -1280,7 +1315,8 @@ def main(argv=None) -> dict:
   _progress(start, f"{machine['description']}; writing {args.out}.*")
   e2e_worker = None
   if args.quick and "e2e" in args.sections:  # compiling beside the rest: quick, not measured
-    e2e_worker = Worker(e2e_steppers, args.e2e_size, args.e2e_steps, args.warmup, wait=False)
+    whats = tuple(E2E_WHAT[1:])  # the optimizers only: forward + backward is one compile more
+    e2e_worker = Worker(e2e_steppers, args.e2e_size, args.e2e_steps, args.warmup, whats, wait=False)
   for tree in args.trees if "step" in args.sections else []:
     _progress(start, f"optimizer steps, {tree} tree")
     result = run_tree(tree, args, machine)

@@ -247,7 +247,7 @@ def trees(draw):
   return shapes, n_layers
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
   tree=trees(),
   lr=st.floats(1e-4, 1e-1),

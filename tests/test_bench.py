@@ -61,10 +61,15 @@ def test_benchmark_quick_mode_prints_its_tables(tmp_path):
     # ratio of medians, then the paired median with its quartiles
     assert re.search(r"\| \d+\.\d{3} \| \d+\.\d{3} \(\d+\.\d{3}–\d+\.\d{3}\) \|", rows[name])
   assert "| 2.0000 |" in rows["adamwdl"]  # state = 2x the parameters (+ scalars)
+  # What the compiled step moves (B / param, XLA's cost analysis) in how many loops per leaf:
+  # float32 Adam reads p, g, m, v and writes m, v in two loops and p in a third that reads m, v.
+  assert "| 28 | 40.0 | 3.00 |" in rows["adamwdl"], rows["adamwdl"]
+  assert "| 28 | 28.0 | 1.00 |" in rows["adamwdl, single_pass + multi-output fusion"]
 
   # bf16 parameters beside float32 adamwdl, from the same rounds.
   bf16 = [line for line in lines if "multi_precision" in line and line.startswith("| tiny |")]
   assert len(bf16) == 1 and "| 30 |" in bf16[0] and "| 6.0000 |" in bf16[0], bf16
+  assert "| 30 | 44.0 | 4.00 |" in bf16[0]  # one loop more: the master, then the bf16 parameter
   assert any("bf16 params and state" in line and "| 14 |" in line for line in lines)
   assert "× adamwdl float32: ratio of medians" in result.stdout
 

@@ -16,7 +16,7 @@ from optax_adamwdl.demo import TransformerEncoder, make_train_step, most_frequen
 
 def test_demo_prints_the_table_and_learns_the_task():
   result = subprocess.run(
-    [sys.executable, "-m", "optax_adamwdl", "--steps", "80"],
+    [sys.executable, "-m", "optax_adamwdl", "--steps", "40"],
     capture_output=True,
     text=True,
     check=True,

@@ -109,8 +109,7 @@ def _assert_close_to_float32_rounding(ours, theirs, init):
     assert err <= tol, f"{name}: |ours - paddle| = {err:.3g} > {tol:.3g} (moved {moved:.3g})"
 
 
-@pytest.mark.parametrize("n_layers", [None, 6])
-@pytest.mark.parametrize("decay", [0.75, 0.9])
+@pytest.mark.parametrize("decay, n_layers", [(0.75, None), (0.9, 6)])
 def test_matches_paddle_adamw_with_per_parameter_lr(n_layers, decay):
   shapes = reference.bert_paddle_names(n_layers=4)
   init, a, b, noise = _problem(shapes)
@@ -169,6 +168,7 @@ def test_matches_paddle_with_each_grad_clip(paddle_clip, our_clip):
   )
   tx = _our_adamwdl(layerwise_decay=0.75, grad_clip=our_clip())
   _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, tx), theirs, init)
-  unclipped = _our_adamwdl(layerwise_decay=0.75)
-  with pytest.raises(AssertionError):  # clipping changed the trajectory
-    _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, unclipped), theirs, init)
+  if isinstance(paddle_clip(), paddle.nn.ClipGradByGlobalNorm):  # the mildest clip of the four
+    unclipped = _our_adamwdl(layerwise_decay=0.75)
+    with pytest.raises(AssertionError):  # clipping changed the trajectory
+      _assert_close_to_float32_rounding(_run_ours(init, a, b, noise, unclipped), theirs, init)
