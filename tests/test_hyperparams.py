@@ -176,3 +176,26 @@ def test_rule_with_a_separate_head_multiplier():
     "encoder.layers.1.w": 0.5,
     "classifier.w": 10.0,
   }
+
+
+def test_one_compiled_step_serves_every_injected_layerwise_decay():
+  # A sweep over layerwise_decay sets it in the state; the ratios follow it with no recompile,
+  # as long as the value is float32 like the state's (a weakly typed Python float compiles twice).
+  params = {
+    "embeddings": jnp.ones((4, 2)),
+    "layers": [jnp.ones(2), jnp.ones(2)],
+    "head": jnp.ones(2),
+  }
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optax.inject_hyperparams(adamwdl)(learning_rate=1.0, b1=0.0, b2=0.0, layerwise_decay=1.0)
+  update = jax.jit(tx.update)
+  for decay in (0.9, 0.5):
+    state = tx.init(params)
+    state.hyperparams["layerwise_decay"] = jnp.asarray(decay, jnp.float32)
+    for _ in range(2):
+      updates, state = update(grads, state, params)
+    # With b1 = b2 = 0 an Adam step is the sign of the gradient, and the decay follows the ratio:
+    # layer 0 of 2 moves by -decay**2 * (1 + wd * p), p = 1.
+    want = -(np.float32(decay) ** 2) * np.float32(1.01)
+    np.testing.assert_allclose(updates["layers"][0], want, rtol=1e-6)
+  assert update._cache_size() == 1
