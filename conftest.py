@@ -10,20 +10,22 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _CACHE = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
   if _CACHE in os.environ:  # a worker (inherited) or a caller's own cache
     return
   path = tempfile.mkdtemp(prefix="optax-adamwdl-jax-cache-")
-  config._jax_cache_dir = path
+  config.stash[_OWN_CACHE] = path
   os.environ[_CACHE] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def pytest_unconfigure(config):
-  path = getattr(config, "_jax_cache_dir", None)
-  if path:
-    shutil.rmtree(path, ignore_errors=True)
+  if _OWN_CACHE in config.stash:
+    shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)

@@ -763,18 +763,13 @@ def run_tree(tree: str, args, machine: dict) -> dict:
   others = [("torch foreach", torch_step), ("torch fused", torch_step)] * _available("torch")
   others += [("paddle AdamW", paddle_step)] * (_available("paddle") and machine["backend"] == "cpu")
   jobs = [(run, kind, tree, args.warmup, args.repeats, machine["backend"]) for kind, run in others]
-
-  def start_workers():  # --quick: all at once, as nothing is measured; else alone, after the others
-    workers = [Worker(optimizer_steppers, tree, labels, device_steps, args.warmup, wait=False)]
-    if fused:
-      flags = MULTI_OUTPUT_FUSION
-      workers.append(Worker(optimizer_steppers, tree, fused, 0, args.warmup, xla_flags=flags))
-    return workers
-
-  workers = start_workers() if args.quick else []
   results = isolated(*jobs) if args.quick and jobs else [isolated(job)[0] for job in jobs]
   solo = {kind: r for (kind, _), r in zip(others, results)}
-  workers = workers or start_workers()
+  workers = [Worker(optimizer_steppers, tree, labels, device_steps, args.warmup)]
+  if fused:
+    workers.append(
+      Worker(optimizer_steppers, tree, fused, 0, args.warmup, xla_flags=MULTI_OUTPUT_FUSION)
+    )
   try:
     main = [(workers[0], k, k) for k in labels if k not in BF16[2:]]
     main += [(workers[-1], k, k + FUSED_SUFFIX) for k in fused]
