@@ -1,9 +1,11 @@
 """``adamwdl``: AdamW with layer-wise learning-rate decay, as an optax chain."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -35,20 +37,66 @@ def _decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]) -> Call
   return lambda params: jax.tree.map(decide, _names.param_names(params))
 
 
-def _trainable(ladder: Ladder) -> Callable[[Any], Any]:
-  """A mask function: False for the leaves whose every ratio is 0 (frozen: no moments)."""
+def _trainable(ladder: Ladder, numbers: dict[str, Any]) -> Callable[[Any], Any]:
+  """A mask function: False for the leaves whose every ratio is 0 (frozen: no moments).
+
+  Which leaves keep moments is the state's structure, so it is decided once, from Python
+  numbers: an array (as ``optax.inject_hyperparams`` gives every numeric argument) is refused
+  here, at construction, rather than at the first traced update.
+  """
+  arrays = [
+    k for k, v in numbers.items() if v is not None and not isinstance(v, int | float | np.generic)
+  ]
+  if arrays:
+    raise TypeError(
+      "freeze_below decides which parameters keep optimizer state, so the ladder's numbers must "
+      f"be Python numbers, but {arrays} came as arrays: under optax.inject_hyperparams pass "
+      f"static_args={_STATIC_FOR_FREEZING} (those you give)."
+    )
 
   def trainable(params):
-    if not ladder.concrete:
-      raise TypeError(
-        "freeze_below decides which parameters keep optimizer state, so the ladder must be "
-        "concrete: under optax.inject_hyperparams pass "
-        f"static_args={_STATIC_FOR_FREEZING} (those you give)."
-      )
     keep = [bool(np.any(np.asarray(p.ratio) != 0)) for p in placements(ladder, params)]
     return jax.tree.structure(params).unflatten(keep)
 
   return trainable
+
+
+def _guarded(
+  inner: optax.GradientTransformation, eps: Any
+) -> optax.GradientTransformationExtraArgs:
+  """``inner``, refusing at ``init`` what cannot train, with stable dtypes at ``update``.
+
+  ``init`` refuses float16 parameters when float16 flushes ``eps`` (None: not checked, as under
+  master weights) to 0: a gradient whose square underflows would then divide by 0. ``update`` returns the
+  updates in the gradients' dtypes and the state in its own: a hyperparameter given as a float32
+  array (``optax.inject_hyperparams`` gives every one so) would promote bfloat16 moments and
+  updates to float32, and change the state's structure (``optax.apply_if_finite`` and
+  ``optax.MultiSteps`` compare it across steps).
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    names = [n for n, x in zip(_names.leaf_names(params), jax.tree.leaves(params))
+             if getattr(x, "dtype", None) == jnp.float16]  # fmt: skip
+    if names and eps is not None:
+      _checks.at_init(functools.partial(_check_float16_eps, names), eps)
+    return inner.init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, new_state = inner.update(updates, state, params, **extra_args)
+    cast = lambda new, old: new.astype(old.dtype) if hasattr(new, "astype") else new
+    return jax.tree.map(cast, new_updates, updates), jax.tree.map(cast, new_state, state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_float16_eps(names: list[str], eps: Any) -> None:
+  if eps > 0 and np.float16(eps) == 0:
+    raise ValueError(
+      f"Parameter {names[0]!r} is float16, which flushes eps={float(eps)!r} to 0: Adam would "
+      "divide by 0 where a gradient's square underflows. Pass multi_precision=True (float32 "
+      "master weights and moments), or eps >= 6e-8."
+    )
 
 
 def _check_arguments(learning_rate, b1, b2, eps, eps_root, weight_decay, grad_clip) -> None:
@@ -194,7 +242,9 @@ def adamwdl(
   )
   adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
   if freeze_below is not None:
-    adam = optax.masked(adam, _trainable(ladder))
+    numbers = dict(layerwise_decay=layerwise_decay, n_layers=n_layers, head_ratio=head_ratio,
+                   min_ratio=min_ratio, freeze_below=freeze_below)  # fmt: skip
+    adam = optax.masked(adam, _trainable(ladder, numbers))
   decay = optax.add_decayed_weights(weight_decay, mask)
   if decay_follows_ratio:
     steps = [adam, decay, scale_by_ladder(ladder)]
@@ -205,5 +255,5 @@ def adamwdl(
   if lazy_mode:
     tx = update_nonzero_rows(tx)
   if multi_precision:
-    tx = with_master_weights(tx)
-  return tx
+    return _guarded(with_master_weights(tx), eps=None)  # float32 moments hold any eps
+  return _guarded(tx, eps)

@@ -7,7 +7,7 @@ concrete at ``init`` (where they are checked) and traced inside ``update``
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,6 +20,18 @@ _STACK_KEYS = frozenset({"n_layers", "decay"})
 
 def is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
+
+
+def at_init(check: Callable[..., None], *values: Any) -> None:
+  """Runs ``check(*values)`` now, or, when a value is traced (a jitted init), as that init runs.
+
+  So that a traced ``init`` refuses what an eager one refuses: the error then comes as the
+  runtime error that carries the check's message. (``jax.eval_shape`` runs nothing.)
+  """
+  if any(is_traced(v) for v in jax.tree.leaves(values)):
+    jax.debug.callback(check, *values)
+  else:
+    check(*values)
 
 
 def concrete_number(name: str, value: Any) -> float | None:

@@ -117,6 +117,33 @@ def _within(name: str, prefix: str) -> bool:
   return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
+def _sequences(names: Sequence[str], sites: Sequence[_layers.Site]) -> frozenset[str]:
+  """The lists that hold different kinds of modules (an ``nnx.Sequential`` of LayerNorm and Linear).
+
+  A stack's layers share their parameter names (one may add some, as T5's
+  first block adds its relative-position bias). A list of two or more
+  children none of whose names are among another's is a sequence of
+  different modules, not a stack, whatever it is called.
+  """
+  children: dict[str, dict[int, set[str]]] = {}
+  nested = set()
+  for name, s in zip(names, sites):
+    if s.kind != "layer":
+      continue
+    if len(s.index) != 1:
+      nested.add(s.prefix)
+    inner = name[len(s.prefix) :].lstrip("._").partition(".")[2]
+    children.setdefault(s.prefix, {}).setdefault(s.index[0], set()).add(inner)
+  sequences = set()
+  for prefix, named in children.items():
+    kinds = list(named.values())
+    if prefix in nested or len(kinds) < 2:
+      continue
+    if not any(a <= b for i, a in enumerate(kinds) for j, b in enumerate(kinds) if i != j):
+      sequences.add(prefix)
+  return frozenset(sequences)
+
+
 class _Stack(NamedTuple):
   decay: Any
   depth: Any  # int, traced, or None when the stack has no layer
@@ -195,6 +222,20 @@ class Ladder:
     return (self.decay, self.n_layers, self.head_ratio, self.min_ratio, self.freeze_below,
             *stack_numbers)  # fmt: skip
 
+  def with_numbers(self, numbers: Sequence[Any]) -> "Ladder":
+    """This ladder with ``numbers`` (concrete values of :attr:`numbers`) in place, checked again."""
+    decay, n_layers, head_ratio, min_ratio, freeze_below, *stack_numbers = numbers
+    stacks = {
+      p: {k: v for k, v in (("n_layers", n), ("decay", d)) if v is not None}
+      for (p, _, _), n, d in zip(self.stacks, stack_numbers[::2], stack_numbers[1::2])
+    }
+    scan_axes = dict(self.scan_axes) if isinstance(self.scan_axes, tuple) else self.scan_axes
+    return Ladder.build(
+      decay, n_layers, self.rule, stacks=stacks or None, scan_axes=scan_axes,
+      stage_wise=self.stage_wise, head_ratio=head_ratio, depth_normalized=self.depth_normalized,
+      min_ratio=min_ratio, freeze_below=freeze_below,
+    )  # fmt: skip
+
   @property
   def concrete(self) -> bool:
     return not any(_checks.is_traced(v) or isinstance(v, jax.Array) for v in self.numbers)
@@ -207,16 +248,36 @@ class Ladder:
       self.concrete and self.rule is None and self.head_ratio == 1 and all(d == 1 for d in decays)
     )
 
-  def placements(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> list[Placement]:
-    """One placement per leaf, in order; cached when every option is concrete."""
-    if self.concrete:
-      return list(_cached_placements(self, tuple(names), tuple(map(tuple, shapes))))
-    return self._placements(names, shapes)
+  def placements(
+    self, names: Sequence[str], shapes: Sequence[tuple[int, ...]], hidden: Sequence[str] = ()
+  ) -> list[Placement]:
+    """One placement per leaf, in order; cached when every option is concrete.
 
-  def _placements(self, names, shapes) -> list[Placement]:
+    ``hidden`` names the parameters of the model that this tree leaves out (``optax.masked``
+    and ``optax.partition`` put an ``optax.MaskedNode`` in their place): they are no leaves, but
+    they tell a stack whose layers are partly hidden from a sequence of different modules.
+    """
+    if self.concrete:
+      key = (tuple(names), tuple(map(tuple, shapes)), tuple(hidden))
+      return list(_cached_placements(self, *key))
+    return self._placements(names, shapes, hidden)
+
+  def _placements(self, names, shapes, hidden=()) -> list[Placement]:
     if not names:
       return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
     sites = [self._site(name, shape) for name, shape in zip(names, shapes)]
+    given = [p for p, _, _ in self.stacks]
+    whole = [*names, *hidden]
+    sequences = frozenset(
+      q
+      for q in _sequences(whole, sites + [_layers.site(n) for n in hidden])
+      if not any(_within(q, p) for p in given)
+    )
+    if sequences:
+      sites = [
+        _layers.site(n, sequences) if s.kind == "layer" and s.prefix in sequences else s
+        for n, s in zip(names, sites)
+      ]
     towers = self._towers(names, sites)
     stacks = {
       t: self._stack(t, names, sites, towers) for t in dict.fromkeys(towers) if t is not None
@@ -224,7 +285,7 @@ class Ladder:
     if self.rule is not None:
       placed = self._custom(names, sites, towers, stacks)
     else:
-      self._check_layers_found(names, stacks)
+      self._check_layers_found(names, stacks, sequences)
       placed = [self._place(n, s, t, stacks) for n, s, t in zip(names, sites, towers)]
     return [self._clamped(p) for p in placed]
 
@@ -238,6 +299,13 @@ class Ladder:
     else:
       keys = dict(self.scan_axes)
       at = next((i for i, part in enumerate(parts) if part in keys), None)
+      # Not scanned: a leaf of a list (the component is followed by an index) or inside a
+      # component that names where it sits ("patch_embed.layers.0.kernel": a Sequential).
+      if at is not None and (
+        (at + 1 < len(parts) and parts[at + 1].isdigit())
+        or _layers.site(".".join(parts[:at])).kind != "unrecognised"
+      ):
+        at = None
       axis = None if at is None else keys[parts[at]]
       prefix = "" if at is None else ".".join(parts[: at + 1])
     if axis is None:
@@ -306,7 +374,7 @@ class Ladder:
       )
     return _Stack(decay, found if n_layers is None else n_layers, steps)
 
-  def _check_layers_found(self, names, stacks) -> None:
+  def _check_layers_found(self, names, stacks, sequences) -> None:
     if self.scales and self.concrete and all(s.depth is None for s in stacks.values()):
       if any(d != 1 for d in [self.decay, *(d for _, _, d in self.stacks if d is not None)]):
         raise ValueError(
@@ -315,6 +383,11 @@ class Ladder:
           "leaf holding every layer) pass scan_axes={'<name of the scanned module>': <axis>}; "
           "otherwise pass set_param_lr_fun=lambda decay_rate, n_layers, name: ... that returns "
           "each parameter's ratio. See optax_adamwdl.param_names for the names it receives."
+          + "".join(
+            f" {q!r} holds a different kind of module in each child, so it is read as a "
+            f"sequence, not a stack of layers; if it is a stack, pass stacks=[{q!r}]."
+            for q in sorted(sequences)
+          )
         )
 
   def _exponent_ratio(self, stack: _Stack, exponent: Any) -> Any:
@@ -387,5 +460,5 @@ class Ladder:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_placements(ladder: Ladder, names: tuple, shapes: tuple) -> tuple[Placement, ...]:
-  return tuple(ladder._placements(names, shapes))
+def _cached_placements(ladder: Ladder, names: tuple, shapes: tuple, hidden: tuple) -> tuple:
+  return tuple(ladder._placements(names, shapes, hidden))

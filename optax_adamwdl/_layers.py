@@ -56,7 +56,8 @@ EMBEDDINGS = frozenset(
 EMBEDDING_LEAVES = frozenset({"cls"})
 NOT_EMBEDDINGS = ("unembed", "embed_out")  # output projections: heads
 # What runs before the first layer without being an embedding: convolutional stems and
-# feature encoders (wav2vec2, Whisper's conv1/conv2, torchvision's conv1/bn1), pre-norms.
+# feature encoders (wav2vec2, Whisper's conv1/conv2, torchvision's conv1/bn1), pre-norms, and
+# OPT's project_in (opt-350m: its narrower token embeddings projected up to the hidden size).
 STEMS = frozenset(
   {
     "stem",
@@ -70,6 +71,7 @@ STEMS = frozenset(
     "ln_pre",
     "norm_pre",
     "layernorm_pre",
+    "project_in",
   }
 )
 STEM_PATTERN = re.compile(r"(conv|bn)\d*")
@@ -104,6 +106,25 @@ HEADS = frozenset(
     "final_logits_bias",
     "proj_out",
     "pre_logits",
+    # OPT's project_out (back down to the embedding width, after the last layer).
+    "project_out",
+    # DistilBERT's MLM head.
+    "vocab_transform",
+    "vocab_layer_norm",
+    "vocab_projector",
+    # ELECTRA's multiple-choice pooling (sequence_summary.summary).
+    "sequence_summary",
+    # wav2vec2 pre-training: project_hid maps the last layer's output, quantizer and project_q
+    # make the contrastive targets from the feature encoder's output; none feeds a layer.
+    "project_hid",
+    "quantizer",
+    "project_q",
+    # Whisper's (and wav2vec2-style) audio classification: projects the encoder's output.
+    "projector",
+    # Encoder-decoders whose widths differ: projects the encoder's output (after its last layer
+    # and final norm) to the decoder's width for cross-attention; freshly initialised when a
+    # pre-trained encoder and decoder are joined, as a head is.
+    "enc_to_dec_proj",
   }
 )
 HEAD_SUFFIXES = ("_head", "_predictions", "_classifier", "_pooler")
@@ -128,20 +149,21 @@ def _index(part: str) -> int | None:
   return int(part) if part.isascii() and part.isdigit() else None
 
 
-def _layer(parts: list[str]) -> Site | None:
-  for i, part in enumerate(parts):
-    lower = part.lower()
-    following = _index(parts[i + 1]) if i + 1 < len(parts) else None
-    if lower in LAYER_LISTS and following is not None:
-      index = (following,)
-      if i + 3 < len(parts) and (lower, parts[i + 2].lower()) in NESTED_LISTS:
-        block = _index(parts[i + 3])
-        index = index if block is None else (following, block)
-      return Site("layer", index, ".".join(parts[: i + 1]))
-    match = INDEXED_LAYER.fullmatch(part.lower())
-    if match and match.group(2).isascii():
-      prefix = ".".join([*parts[:i], part[: len(match.group(1))]])
-      return Site("layer", (int(match.group(2)),), prefix)
+def _layer_at(parts: list[str], i: int) -> Site | None:
+  """The layer that component ``i`` of ``parts`` names, if it names one."""
+  part, lower = parts[i], parts[i].lower()
+  following = _index(parts[i + 1]) if i + 1 < len(parts) else None
+  if lower in LAYER_LISTS and following is not None:
+    index = (following,)
+    if i + 3 < len(parts) and (lower, parts[i + 2].lower()) in NESTED_LISTS:
+      block = _index(parts[i + 3])
+      index = index if block is None else (following, block)
+    return Site("layer", index, ".".join(parts[: i + 1]))
+  match = INDEXED_LAYER.fullmatch(lower)
+  if match and match.group(2).isascii():
+    return Site(
+      "layer", (int(match.group(2)),), ".".join([*parts[:i], part[: len(match.group(1))]])
+    )
   return None
 
 
@@ -158,12 +180,15 @@ def _kind(part: str, is_leaf: bool) -> str | None:
   return None
 
 
-def site(name: str) -> Site:
+def site(name: str, not_stacks: frozenset[str] = frozenset()) -> Site:
   """Returns where the parameter called ``name`` sits.
 
-  The outermost layer pattern wins, so ``"encoderblock_2.MlpBlock_0.kernel"``
-  is layer 2. Outside layers, the outermost component that names an
-  embedding, a stem or a head decides.
+  Components are read from the outermost: the first that names a layer (a
+  list of layers followed by an index, or an indexed layer) or an embedding,
+  a stem or a head decides. So ``"encoderblock_2.MlpBlock_0.kernel"`` is
+  layer 2, and a list inside a head (``"head.layers.0.kernel"``, an
+  ``nnx.Sequential`` head) is the head. Lists whose prefix is in
+  ``not_stacks`` are read as plain components.
 
   Examples:
     >>> site("encoder.layers.3.self_attn.q_proj.weight")
@@ -174,12 +199,14 @@ def site(name: str) -> Site:
     ('head', 'embedding')
     >>> site("vision_model.pre_layrnorm.scale").kind
     'stem'
+    >>> site("patch_embed.layers.0.kernel").kind, site("mlp.layers.1.kernel", {"mlp.layers"}).kind
+    ('embedding', 'unrecognised')
   """
   parts = name.split(".")
-  layer = _layer(parts)
-  if layer is not None:
-    return layer
   for i, part in enumerate(parts):
+    layer = _layer_at(parts, i)
+    if layer is not None and layer.prefix not in not_stacks:
+      return layer
     kind = _kind(part, is_leaf=i == len(parts) - 1)
     if kind is not None:
       return Site(kind)

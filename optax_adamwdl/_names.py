@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import jax
+import optax
 
 
 def _variable_types() -> tuple[type, ...]:
@@ -19,11 +20,27 @@ def _variable_types() -> tuple[type, ...]:
 
 def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:
   # An nnx Variable is a leaf here, so its path ends at the attribute that holds it: no ".value".
-  # A Variable holds exactly one array, so the names line up with jax.tree.leaves(tree).
+  # It holds one array, or nothing (optax.masked and optax.partition put an optax.MaskedNode in
+  # the Variables they leave out), so the names line up with jax.tree.leaves(tree).
   kinds = _variable_types()
   is_leaf = (lambda x: isinstance(x, kinds)) if kinds else None
   pairs = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-  return [(jax.tree_util.keystr(path, simple=True, separator="."), x) for path, x in pairs]
+  named = []
+  for path, x in pairs:
+    leaves = jax.tree.leaves(x) if kinds and isinstance(x, kinds) else [x]
+    named += [(jax.tree_util.keystr(path, simple=True, separator="."), leaf) for leaf in leaves]
+  return named
+
+
+def masked_names(tree: Any) -> list[str]:
+  """The dotted names of the ``optax.MaskedNode`` placeholders in ``tree`` (no leaves of their own)."""
+  kinds = _variable_types()
+  hidden = lambda x: (
+    isinstance(x, optax.MaskedNode)
+    or (bool(kinds) and isinstance(x, kinds) and not jax.tree.leaves(x))
+  )
+  pairs = jax.tree_util.tree_flatten_with_path(tree, is_leaf=hidden)[0]
+  return [jax.tree_util.keystr(path, simple=True, separator=".") for path, x in pairs if hidden(x)]
 
 
 def leaf_names(tree: Any) -> list[str]:

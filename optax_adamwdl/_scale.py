@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adamwdl import _names
+from optax_adamwdl import _checks, _names
 from optax_adamwdl._ladder import Ladder, Placement, ScanAxes, SetParamLrFun, Stacks
 
 
@@ -15,7 +15,7 @@ def placements(ladder: Ladder, tree: Any) -> list[Placement]:
   """The ladder's placement of each leaf of ``tree``, in ``jax.tree.leaves`` order."""
   names = _names.leaf_names(tree)
   shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(tree)]
-  return ladder.placements(names, shapes)
+  return ladder.placements(names, shapes, _names.masked_names(tree))
 
 
 def scale_leaf(update: jax.Array, ratio: Any) -> jax.Array:
@@ -30,7 +30,7 @@ def scale_leaf(update: jax.Array, ratio: Any) -> jax.Array:
   wide = jnp.promote_types(update.dtype, jnp.float32)
   real = jnp.finfo(wide).dtype  # float32 for complex64: the ratio is real
   scaled = (update.astype(wide) * jnp.asarray(ratio, real)).astype(update.dtype)
-  if isinstance(ratio, np.ndarray) and not ratio.all():
+  if isinstance(ratio, jax.Array) or (isinstance(ratio, np.ndarray) and not ratio.all()):
     return jnp.where(ratio != 0, scaled, jnp.zeros((), update.dtype))
   return scaled
 
@@ -125,12 +125,19 @@ def scale_by_ladder(
   def ratio(placement: Placement) -> Any:
     if not only_freeze:
       return placement.ratio
+    if isinstance(placement.ratio, jax.Array):
+      return (placement.ratio != 0).astype(jnp.float32)
     if isinstance(placement.ratio, np.ndarray):
       return (placement.ratio != 0).astype(np.float64)
-    return 1.0 if isinstance(placement.ratio, jax.Array) or placement.ratio != 0 else 0.0
+    return 1.0 if placement.ratio != 0 else 0.0
 
   def init_fn(params):
     placements(ladder, params)  # Raises here, at init, on a tree or rule that cannot work.
+    if not ladder.concrete:  # Traced hyperparameters: check their values when init runs.
+      names = _names.leaf_names(params)
+      shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(params)]
+      check = lambda numbers: ladder.with_numbers(numbers).placements(names, shapes)
+      _checks.at_init(check, ladder.numbers)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):

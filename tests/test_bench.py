@@ -23,6 +23,13 @@ def _rows(lines: list[str], first_cell: str) -> dict[str, str]:
   }
 
 
+def _moved(row: str, floor: int) -> tuple[float, float]:
+  """(B / param moved, loops / leaf) of a step row, after its floor's cell."""
+  cells = [c.strip() for c in row.split("|")]
+  at = cells.index(str(floor))
+  return float(cells[at + 1]), float(cells[at + 2])
+
+
 def test_benchmark_quick_mode_prints_its_tables(tmp_path):
   before = _digests()
   out = tmp_path / "results"
@@ -61,15 +68,20 @@ def test_benchmark_quick_mode_prints_its_tables(tmp_path):
     # ratio of medians, then the paired median with its quartiles
     assert re.search(r"\| \d+\.\d{3} \| \d+\.\d{3} \(\d+\.\d{3}–\d+\.\d{3}\) \|", rows[name])
   assert "| 2.0000 |" in rows["adamwdl"]  # state = 2x the parameters (+ scalars)
-  # What the compiled step moves (B / param, XLA's cost analysis) in how many loops per leaf:
-  # float32 Adam reads p, g, m, v and writes m, v in two loops and p in a third that reads m, v.
-  assert "| 28 | 40.0 | 3.00 |" in rows["adamwdl"], rows["adamwdl"]
-  assert "| 28 | 28.0 | 1.00 |" in rows["adamwdl, single_pass + multi-output fusion"]
+  # What the compiled step moves (B / param, XLA's cost analysis) in how many loops per leaf,
+  # within bands (the exact counts are one XLA version's): float32 Adam reads p, g, m, v and
+  # writes m, v in two loops and p in a third that reads m, v (28 B is the floor).
+  assert _moved(rows["adamwdl"], 28) == (40.0, 3.0), rows["adamwdl"]
+  single = _moved(rows["adamwdl, single_pass + multi-output fusion"], 28)
+  assert 28.0 <= single[0] <= 32.0 and single[1] <= 1.5, single
 
-  # bf16 parameters beside float32 adamwdl, from the same rounds.
+  # bf16 parameters beside float32 adamwdl, from the same rounds: one loop more (the master,
+  # then the bf16 parameter); its check of the parameters reads the first elements of each leaf
+  # (on this tiny tree XLA's cost analysis counts each of those reads as a whole operand).
   bf16 = [line for line in lines if "multi_precision" in line and line.startswith("| tiny |")]
-  assert len(bf16) == 1 and "| 30 |" in bf16[0] and "| 6.0000 |" in bf16[0], bf16
-  assert "| 30 | 44.0 | 4.00 |" in bf16[0]  # one loop more: the master, then the bf16 parameter
+  assert len(bf16) == 1 and "| 6.0" in bf16[0], bf16  # master, m, v: 3x float32 for bf16
+  moved, loops = _moved(bf16[0], 30)
+  assert 44.0 <= moved <= 56.0 and 4.0 <= loops <= 7.0, bf16[0]
   assert any("bf16 params and state" in line and "| 14 |" in line for line in lines)
   assert "× adamwdl float32: ratio of medians" in result.stdout
 

@@ -241,8 +241,8 @@ def test_freeze_below_zeroes_updates_and_allocates_no_moments():
 def test_freeze_below_with_a_traced_decay_is_a_clear_error():
   tx = optax.inject_hyperparams(adamwdl)(layerwise_decay=0.5, freeze_below=0.1)
   params = _bert_params()
-  with pytest.raises(TypeError, match=r"freeze_below .* concrete.*static_args="):
-    jax.jit(tx.update)(params, tx.init(params), params)
+  with pytest.raises(TypeError, match=r"freeze_below .* Python numbers.*static_args="):
+    tx.init(params)  # at init, where inject_hyperparams builds adamwdl, not at the first update
 
 
 @pytest.mark.parametrize("follows", [True, False])

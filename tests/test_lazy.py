@@ -12,7 +12,7 @@ from tests.steps import run_steps
 SHAPES = {
   "embeddings.word": (6, 3),
   "encoder.layers.0.w": (4, 2),
-  "encoder.layers.1.b": (5,),
+  "encoder.layers.1.w": (5,),
   "head.scale": (),
 }
 STEPS = 8
@@ -64,7 +64,7 @@ def test_lazy_mode_matches_numpy_rule(seed):
   ratios = {
     "embeddings.word": 0.125,
     "encoder.layers.0.w": 0.25,
-    "encoder.layers.1.b": 0.5,
+    "encoder.layers.1.w": 0.5,
     "head.scale": 1.0,
   }
   p, m, v = _numpy_lazy(init, grads, lr=0.05, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, ratios=ratios)

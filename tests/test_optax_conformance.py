@@ -155,6 +155,12 @@ def test_aliastest(config, name, test_method, params):
       "multi_precision keeps float32 moments for bfloat16 parameters by definition (Paddle's "
       "multi_precision); test_multi_precision_moments_are_float32_unless_mu_dtype_says_otherwise"
     )
+  if config != "multi_precision" and jax.numpy.dtype(params.get("dtype", "float32")) == "float16":
+    pytest.skip(
+      "float16 parameters with eps=1e-8 (which float16 flushes to 0) are refused at init: Adam "
+      "would divide by 0; tests/test_differential.py::"
+      "test_float16_parameters_that_flush_eps_to_zero_are_refused_at_init"
+    )
   built = []
   configured = functools.partial(adamwdl, weight_decay=ADAMW_WEIGHT_DECAY, **CONFIGS[config])
 
