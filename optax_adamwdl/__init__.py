@@ -7,11 +7,13 @@ paths to dotted names), ``_layers`` (a name's site: layer, embedding, stem,
 head) and ``_ladder`` (sites and options to ratios). Paddle's extras are
 wrappers that compose around any optax optimizer: ``_lazy``
 (:func:`update_nonzero_rows`), ``_master`` (:func:`with_master_weights`),
-``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick and
-``_table`` reads the ladder (:func:`lr_table`).
+``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick,
+``_table`` reads the ladder (:func:`lr_table`) and ``_check`` checks it
+against the model's forward pass (:func:`check_ladder`).
 """
 
 from optax_adamwdl._alias import adamwdl
+from optax_adamwdl._check import LadderCheck, LadderProblem, SharedParameter, check_ladder
 from optax_adamwdl._clipping import clip_by_norm, clip_by_value
 from optax_adamwdl._fusion import single_pass
 from optax_adamwdl._ladder import Placement
@@ -23,11 +25,15 @@ from optax_adamwdl._scale import scale_by_layerwise_lr
 from optax_adamwdl._table import LrTable, LrTableRow, lr_placements, lr_ratios, lr_table
 
 __all__ = [
+  "LadderCheck",
+  "LadderProblem",
   "LrTable",
   "LrTableRow",
   "MasterWeightsState",
   "Placement",
+  "SharedParameter",
   "adamwdl",
+  "check_ladder",
   "clip_by_norm",
   "clip_by_value",
   "layerwise_lr_decay",
