@@ -10,10 +10,11 @@ import numpy as np
 import optax
 
 from optax_adamwdl import _checks, _names
-from optax_adamwdl._ladder import Ladder, ScanAxes, SetParamLrFun, Stacks
+from optax_adamwdl._ladder import placements
+from optax_adamwdl._ladder_options import LadderOptions, ScanAxes, SetParamLrFun, Stacks
 from optax_adamwdl._lazy import update_nonzero_rows
 from optax_adamwdl._master import with_master_weights
-from optax_adamwdl._scale import placements, scale_by_ladder
+from optax_adamwdl._scale import scale_by_ladder
 
 _STATIC_FOR_FREEZING = ("layerwise_decay", "n_layers", "head_ratio", "min_ratio", "freeze_below")
 
@@ -37,7 +38,7 @@ def _decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]) -> Call
   return lambda params: jax.tree.map(decide, _names.param_names(params))
 
 
-def _trainable(ladder: Ladder, numbers: dict[str, Any]) -> Callable[[Any], Any]:
+def _trainable(ladder: LadderOptions, numbers: dict[str, Any]) -> Callable[[Any], Any]:
   """A mask function: False for the leaves whose every ratio is 0 (frozen: no moments).
 
   Which leaves keep moments is the state's structure, so it is decided once, from Python
@@ -228,7 +229,7 @@ def adamwdl(
     if mask is not None:
       raise ValueError("Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
     mask = _decay_mask_from_names(apply_decay_param_fun)
-  ladder = Ladder.build(
+  ladder = LadderOptions.build(
     layerwise_decay,
     n_layers,
     set_param_lr_fun,

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 from jax.extend import core as jex
 
-from optax_adamwdl._ladder import Ladder, Placement, SetParamLrFun
+from optax_adamwdl._ladder import Placement, placements
+from optax_adamwdl._ladder_options import LadderOptions, SetParamLrFun
 from optax_adamwdl._names import leaf_names
-from optax_adamwdl._scale import placements
 
 # Equations that only change a parameter's dtype, shape or layout, or stack parameters together:
 # their output stands for the parameters, and an equation that reads it reads them.
@@ -525,7 +525,7 @@ def check_ladder(
         ladder:  at the top, ratio 0.5 (custom)
         forward: first read after the layers; layers.1 starts before it, so it should get at least 1
   """
-  ladder = Ladder.build(layerwise_decay, n_layers, set_param_lr_fun, **options)
+  ladder = LadderOptions.build(layerwise_decay, n_layers, set_param_lr_fun, **options)
   if not ladder.concrete:
     raise ValueError("check_ladder needs concrete hyperparameters (numbers, not traced values).")
   tree, reads = _trace(forward, params, example_inputs)

@@ -7,15 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adamwdl import _checks, _names
-from optax_adamwdl._ladder import Ladder, Placement, ScanAxes, SetParamLrFun, Stacks
-
-
-def placements(ladder: Ladder, tree: Any) -> list[Placement]:
-  """The ladder's placement of each leaf of ``tree``, in ``jax.tree.leaves`` order."""
-  names = _names.leaf_names(tree)
-  shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(tree)]
-  return ladder.placements(names, shapes, _names.masked_names(tree))
+from optax_adamwdl import _checks
+from optax_adamwdl._ladder import Placement, placements
+from optax_adamwdl._ladder_options import LadderOptions, ScanAxes, SetParamLrFun, Stacks
 
 
 def scale_leaf(update: jax.Array, ratio: Any) -> jax.Array:
@@ -110,11 +104,13 @@ def scale_by_layerwise_lr(
   """
   options = dict(stacks=stacks, scan_axes=scan_axes, stage_wise=stage_wise, head_ratio=head_ratio)
   options.update(depth_normalized=depth_normalized, min_ratio=min_ratio, freeze_below=freeze_below)
-  return scale_by_ladder(Ladder.build(layerwise_decay, n_layers, set_param_lr_fun, **options))
+  return scale_by_ladder(
+    LadderOptions.build(layerwise_decay, n_layers, set_param_lr_fun, **options)
+  )
 
 
 def scale_by_ladder(
-  ladder: Ladder, *, only_freeze: bool = False
+  ladder: LadderOptions, *, only_freeze: bool = False
 ) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_layerwise_lr` of a built ladder; with ``only_freeze``, ratios become 0 or 1.
 
@@ -134,9 +130,8 @@ def scale_by_ladder(
   def init_fn(params):
     placements(ladder, params)  # Raises here, at init, on a tree or rule that cannot work.
     if not ladder.concrete:  # Traced hyperparameters: check their values when init runs.
-      names = _names.leaf_names(params)
-      shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(params)]
-      check = lambda numbers: ladder.with_numbers(numbers).placements(names, shapes)
+      concrete = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+      check = lambda numbers: placements(ladder.with_numbers(numbers), concrete)
       _checks.at_init(check, ladder.numbers)
     return optax.EmptyState()
 

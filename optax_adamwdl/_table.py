@@ -6,13 +6,13 @@ import jax
 import numpy as np
 
 from optax_adamwdl import _names
-from optax_adamwdl._ladder import Ladder, Placement
-from optax_adamwdl._scale import placements
+from optax_adamwdl._ladder import Placement, placements
+from optax_adamwdl._ladder_options import LadderOptions
 
 
 def _placements(params: Any, layerwise_decay: Any, *args: Any, **options: Any) -> tuple[Any, list]:
   tree = _names.parameter_tree(params)
-  return tree, placements(Ladder.build(layerwise_decay, *args, **options), tree)
+  return tree, placements(LadderOptions.build(layerwise_decay, *args, **options), tree)
 
 
 def lr_placements(params: Any, layerwise_decay: float, *args: Any, **options: Any) -> Any:
