@@ -15,7 +15,7 @@ against the model's forward pass (:func:`check_ladder`).
 """
 
 from optax_adamwdl._alias import adamwdl
-from optax_adamwdl._check import LadderCheck, LadderProblem, SharedParameter, check_ladder
+from optax_adamwdl._check import check_ladder
 from optax_adamwdl._clipping import clip_by_norm, clip_by_value
 from optax_adamwdl._fusion import single_pass
 from optax_adamwdl._ladder import Placement
@@ -23,6 +23,7 @@ from optax_adamwdl._layers import layerwise_lr_decay
 from optax_adamwdl._lazy import update_nonzero_rows
 from optax_adamwdl._master import MasterWeightsState, with_master_weights
 from optax_adamwdl._names import param_names
+from optax_adamwdl._order import LadderCheck, LadderProblem, SharedParameter
 from optax_adamwdl._scale import scale_by_layerwise_lr
 from optax_adamwdl._table import LrTable, LrTableRow, lr_placements, lr_ratios, lr_table
 

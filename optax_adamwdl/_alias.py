@@ -1,6 +1,5 @@
 """``adamwdl``: AdamW with layer-wise learning-rate decay, as an optax chain."""
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -63,15 +62,16 @@ def _trainable(ladder: LadderOptions, numbers: dict[str, Any]) -> Callable[[Any]
 
 
 def _guarded(
-  inner: optax.GradientTransformation, eps: Any
+  inner: optax.GradientTransformation, float16: bool
 ) -> optax.GradientTransformationExtraArgs:
   """``inner``, refusing at ``init`` what cannot train, with stable dtypes at ``update``.
 
-  ``init`` refuses float16 parameters when float16 flushes ``eps`` (None: not checked, as under
-  master weights) to 0: a gradient whose square underflows would then divide by 0. ``update`` returns the
-  updates in the gradients' dtypes and the state in its own: a hyperparameter given as a float32
-  array (``optax.inject_hyperparams`` gives every one so) would promote bfloat16 moments and
-  updates to float32, and change the state's structure (``optax.apply_if_finite`` and
+  ``init`` refuses float16 parameters unless ``float16`` (master weights hold them): in float16,
+  Adam's second moment ``(1 - b2) * g**2`` underflows to 0 for every ``|g|`` below about 8e-3
+  (b2 = 0.999), and the step becomes ``m / eps``. ``update`` returns the updates in the
+  gradients' dtypes and the state in its own: a hyperparameter given as a float32 array
+  (``optax.inject_hyperparams`` gives every one so) would promote bfloat16 moments and updates
+  to float32, and change the state's structure (``optax.apply_if_finite`` and
   ``optax.MultiSteps`` compare it across steps).
   """
   inner = optax.with_extra_args_support(inner)
@@ -79,8 +79,12 @@ def _guarded(
   def init_fn(params):
     names = [n for n, x in zip(_names.leaf_names(params), jax.tree.leaves(params))
              if getattr(x, "dtype", None) == jnp.float16]  # fmt: skip
-    if names and eps is not None:
-      _checks.at_init(functools.partial(_check_float16_eps, names), eps)
+    if names and not float16:
+      raise ValueError(
+        f"Parameter {names[0]!r} is float16: Adam's second moment (1 - b2) * g**2 underflows "
+        "to 0 in float16 for |g| below about 8e-3, and the step becomes m / eps (optax.adamw "
+        "does the same). Pass multi_precision=True: float32 master weights and moments."
+      )
     return inner.init(params)
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -89,15 +93,6 @@ def _guarded(
     return jax.tree.map(cast, new_updates, updates), jax.tree.map(cast, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _check_float16_eps(names: list[str], eps: Any) -> None:
-  if eps > 0 and np.float16(eps) == 0:
-    raise ValueError(
-      f"Parameter {names[0]!r} is float16, which flushes eps={float(eps)!r} to 0: Adam would "
-      "divide by 0 where a gradient's square underflows. Pass multi_precision=True (float32 "
-      "master weights and moments), or eps >= 6e-8."
-    )
 
 
 def _check_arguments(learning_rate, b1, b2, eps, eps_root, weight_decay, grad_clip) -> None:
@@ -229,22 +224,14 @@ def adamwdl(
     if mask is not None:
       raise ValueError("Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
     mask = _decay_mask_from_names(apply_decay_param_fun)
+  numbers = dict(layerwise_decay=layerwise_decay, n_layers=n_layers, head_ratio=head_ratio,
+                 min_ratio=min_ratio, freeze_below=freeze_below)  # fmt: skip
   ladder = LadderOptions.build(
-    layerwise_decay,
-    n_layers,
-    set_param_lr_fun,
-    stacks=stacks,
-    scan_axes=scan_axes,
-    stage_wise=stage_wise,
-    head_ratio=head_ratio,
-    depth_normalized=depth_normalized,
-    min_ratio=min_ratio,
-    freeze_below=freeze_below,
-  )
+    set_param_lr_fun=set_param_lr_fun, stacks=stacks, scan_axes=scan_axes, stage_wise=stage_wise,
+    depth_normalized=depth_normalized, **numbers,
+  )  # fmt: skip
   adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
   if freeze_below is not None:
-    numbers = dict(layerwise_decay=layerwise_decay, n_layers=n_layers, head_ratio=head_ratio,
-                   min_ratio=min_ratio, freeze_below=freeze_below)  # fmt: skip
     adam = optax.masked(adam, _trainable(ladder, numbers))
   decay = optax.add_decayed_weights(weight_decay, mask)
   if decay_follows_ratio:
@@ -256,5 +243,5 @@ def adamwdl(
   if lazy_mode:
     tx = update_nonzero_rows(tx)
   if multi_precision:
-    return _guarded(with_master_weights(tx), eps=None)  # float32 moments hold any eps
-  return _guarded(tx, eps)
+    return _guarded(with_master_weights(tx), float16=True)  # float32 moments
+  return _guarded(tx, float16=False)

@@ -22,8 +22,8 @@ def is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
-def at_init(check: Callable[..., None], *values: Any) -> None:
-  """Runs ``check(*values)`` now, or, when a value is traced (a jitted init), as that init runs.
+def when_run(check: Callable[..., None], *values: Any) -> None:
+  """Runs ``check(*values)`` now, or, when a value is traced (a jitted step), as the step runs.
 
   So that a traced ``init`` refuses what an eager one refuses: the error then comes as the
   runtime error that carries the check's message. (``jax.eval_shape`` runs nothing.)

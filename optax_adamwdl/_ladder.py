@@ -82,13 +82,15 @@ def place(
   """The pipeline, on names and shapes; ``hidden`` names what ``optax.masked`` leaves out."""
   if not names:
     return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
+  whole = [*names, *hidden]
   sites, sequences = _stacks.sites(options, names, shapes, hidden)
-  stack_of = _stacks.stacks(options, names, sites)
+  stack_of = _stacks.stacks(options, whole, sites)
   stacks = {
-    k: _stacks.depth(options, k, names, sites, stack_of)
+    k: _stacks.depth(options, k, whole, sites, stack_of)
     for k in dict.fromkeys(stack_of)
     if k is not None
   }
+  sites, stack_of = sites[: len(names)], stack_of[: len(names)]
   if options.custom is not None:
     placed = custom_ratios(options, names, sites, stack_of, stacks)
   else:
@@ -100,7 +102,12 @@ def place(
 def _check_layers_found(options, names, stacks, sequences) -> None:
   if not (options.scales and options.concrete) or any(s.depth is not None for s in stacks.values()):
     return
-  if all(d == 1 for d in options.decays):
+  refuse_without_layers(options.decays, names, sequences)
+
+
+def refuse_without_layers(decays: Sequence[Any], names: Sequence[str], sequences=()) -> None:
+  """Refuses a decay other than 1 for a tree in which no layer is found."""
+  if all(d == 1 for d in decays):
     return
   raise ValueError(
     "layerwise_decay != 1 but no parameter name is recognised as a layer of a layer "

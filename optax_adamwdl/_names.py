@@ -13,9 +13,12 @@ import optax
 
 
 def _variable_types() -> tuple[type, ...]:
-  """flax nnx's Variable class, when flax.nnx is imported (it is never imported here)."""
-  nnx = sys.modules.get("flax.nnx")
-  return (nnx.Variable,) if nnx is not None else ()
+  """The boxes that hold one parameter: flax nnx's Variable and linen's ``AxisMetadata``
+  (``nn.Partitioned``, ``nn.LogicallyPartitioned``), when flax imported them (never here)."""
+  nnx, meta = sys.modules.get("flax.nnx"), sys.modules.get("flax.core.meta")
+  return tuple(
+    kind for kind in (getattr(nnx, "Variable", None), getattr(meta, "AxisMetadata", None)) if kind
+  )
 
 
 def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:

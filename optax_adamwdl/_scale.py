@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adamwdl import _checks
+from optax_adamwdl import _checks, _ladder
 from optax_adamwdl._ladder import Placement, placements
 from optax_adamwdl._ladder_options import LadderOptions, ScanAxes, SetParamLrFun, Stacks
 
@@ -132,12 +132,18 @@ def scale_by_ladder(
     if not ladder.concrete:  # Traced hyperparameters: check their values when init runs.
       concrete = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
       check = lambda numbers: placements(ladder.with_numbers(numbers), concrete)
-      _checks.at_init(check, ladder.numbers)
+      _checks.when_run(check, ladder.numbers)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    ratios = [ratio(p) for p in placements(ladder, updates)]
+    placed = placements(ladder, updates)
+    no_layer = placed and all(p.stack is None for p in placed)
+    if not ladder.concrete and ladder.custom is None and no_layer:
+      # No layer, and an injected decay that init saw at 1 may have left 1 since: refuse then.
+      names = [p.name for p in placed]
+      _checks.when_run(lambda decays: _ladder.refuse_without_layers(decays, names), ladder.decays)
+    ratios = [ratio(p) for p in placed]
     leaves, treedef = jax.tree.flatten(updates)
     return treedef.unflatten(list(map(scale_leaf, leaves, ratios))), state
 

@@ -85,22 +85,24 @@ def sequences(names: Sequence[str], sites: Sequence[_layers.Site]) -> frozenset[
 def sites(
   options: LadderOptions, names: Sequence[str], shapes: Sequence[tuple], hidden: Sequence[str]
 ) -> tuple[list[_layers.Site], frozenset[str]]:
-  """Each name's site, and the lists read as sequences rather than stacks.
+  """The site of each name, then of each hidden name; and the lists read as sequences.
 
-  ``hidden`` names the parameters this tree leaves out (``optax.masked``): a
-  stack whose layers are partly hidden is still a stack.
+  ``hidden`` names the model's parameters that this tree leaves out
+  (``optax.masked`` and ``optax.partition`` put an ``optax.MaskedNode`` in
+  their place): they count for the model's stacks and depths, so that a
+  transformation that sees part of a model places it as the whole model does.
   """
   placed = [
     (options.scan_axes is not None and _scanned(options, n, s)) or _layers.site(n)
     for n, s in zip(names, shapes)
-  ]
+  ] + [_layers.site(n) for n in hidden]
+  whole = [*names, *hidden]
   given = [p for p, _, _ in options.stacks]
-  whole = sequences([*names, *hidden], placed + [_layers.site(n) for n in hidden])
-  found = frozenset(q for q in whole if not any(within(q, p) for p in given))
+  found = frozenset(q for q in sequences(whole, placed) if not any(within(q, p) for p in given))
   if found:
     placed = [
       _layers.site(n, found) if s.kind == "layer" and s.prefix in found else s
-      for n, s in zip(names, placed)
+      for n, s in zip(whole, placed)
     ]
   return placed, found
 

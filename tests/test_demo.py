@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from optax_adamwdl import adamwdl
 from optax_adamwdl.demo import TransformerEncoder, make_train_step, most_frequent_token_task
 
 
+@pytest.mark.slow
 def test_demo_prints_the_table_and_learns_the_task():
   result = subprocess.run(
     [sys.executable, "-m", "optax_adamwdl", "--steps", "40"],

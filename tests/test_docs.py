@@ -69,6 +69,7 @@ def test_example_runs_on_its_own_and_prints_what_the_page_shows(page, code, outp
     assert printed.getvalue() == output
 
 
+@pytest.mark.slow
 def test_docs_build_with_warnings_as_errors(tmp_path):
   if importlib.util.find_spec("sphinx") is None:
     pytest.skip('sphinx is not installed (pip install ".[docs]")')

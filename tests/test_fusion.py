@@ -14,6 +14,7 @@ import pytest
 
 from optax_adamwdl import adamwdl, single_pass
 from tests import reference
+from tests.conftest import problem as build_problem
 from tests.steps import run_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -47,13 +48,10 @@ for name, tx in (("plain", adamwdl(1e-2, layerwise_decay=0.75)),
 
 
 def problem():
-  shapes = reference.bert_paddle_names(3)
-  rng = np.random.default_rng(0)
-  init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-  grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(4)]
-  return init, grads
+  return build_problem(reference.bert_paddle_names(3), 4)
 
 
+@pytest.mark.slow
 def test_multi_output_fusion_gives_bitwise_the_same_steps(tmp_path):
   env = dict(os.environ, XLA_FLAGS=MULTI_OUTPUT_FUSION, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   out = tmp_path / "params"

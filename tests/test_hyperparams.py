@@ -1,5 +1,5 @@
-"""Hyperparameters as 0-d arrays and schedules, inject_hyperparams, AMP skipping,
-gradient accumulation, and custom set_param_lr_fun rules."""
+"""Hyperparameters as 0-d arrays and schedules, inject_hyperparams (bfloat16 hyperparameters and
+static_args included), AMP skipping, gradient accumulation, and custom set_param_lr_fun rules."""
 
 import chex
 import jax
@@ -10,6 +10,7 @@ import pytest
 
 from optax_adamwdl import adamwdl, lr_ratios
 from tests import reference
+from tests.conftest import SMALL, SMALL_ONES, assert_close, assert_dtypes, problem, raises
 from tests.steps import run_steps
 
 SHAPES = {
@@ -18,19 +19,12 @@ SHAPES = {
   "encoder.layers.1.w": (3,),
   "classifier.w": (2,),
 }
-
-
-def _problem(seed, steps):
-  rng = np.random.default_rng(seed)
-  init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-  grads = [
-    {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(steps)
-  ]
-  return init, grads
+LR, WD = 0.1, 0.1
+STATIC = ("layerwise_decay", "n_layers", "head_ratio", "min_ratio", "freeze_below")
 
 
 def test_zero_d_arrays_equal_python_floats():
-  init, grads = _problem(0, 4)
+  init, grads = problem(SHAPES, 4, seed=0)
   floats = adamwdl(1e-2, 0.8, 0.99, 1e-6, weight_decay=0.1, layerwise_decay=0.7)
   arrays = adamwdl(
     jnp.float32(1e-2),
@@ -49,7 +43,7 @@ def test_zero_d_arrays_equal_python_floats():
 @pytest.mark.parametrize("jit", [False, True])  # eagerly, the decay is concrete at every step
 def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule(jit):
   steps = 5
-  init, grads = _problem(1, steps)
+  init, grads = problem(SHAPES, steps, seed=1)
   decay = optax.linear_schedule(0.5, 1.0, steps - 1)
   tx = optax.inject_hyperparams(adamwdl)(
     learning_rate=1e-2, weight_decay=0.1, layerwise_decay=decay
@@ -57,24 +51,16 @@ def test_inject_hyperparams_anneals_layerwise_decay_with_a_schedule(jit):
   params, state = run_steps(tx, init, grads, jit)
   assert float(state.hyperparams["layerwise_decay"]) == pytest.approx(1.0)
 
-  p = {k: np.float64(v) for k, v in init.items()}
-  m = {k: 0.0 for k in p}
-  v = {k: 0.0 for k in p}
-  for t in range(1, steps + 1):
-    d = float(decay(t - 1))
-    ratios = {k: reference.paddle_layerwise_lr_decay(d, 2, k) for k in p}
-    for k in p:
-      g = grads[t - 1][k]
-      m[k] = 0.9 * m[k] + 0.1 * g
-      v[k] = 0.999 * v[k] + 0.001 * g * g
-      adam = (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
-      p[k] = p[k] - 1e-2 * ratios[k] * (adam + 0.1 * p[k])
+  def ratios(t):  # at the 0-based step t
+    return {k: reference.paddle_layerwise_lr_decay(float(decay(t)), 2, k) for k in SHAPES}
+
+  p, _, _ = reference.run(init, grads, ratios, lr=1e-2, wd=0.1)
   for k in p:
     np.testing.assert_allclose(params[k], p[k], rtol=2e-6, atol=2e-7, err_msg=k)
 
 
 def test_apply_if_finite_skips_a_bad_step_entirely():
-  init, grads = _problem(2, 4)
+  init, grads = problem(SHAPES, 4, seed=2)
   bad = dict(grads[2])
   bad["encoder.layers.0.w"] = np.full((2, 2), np.inf, np.float32)
   tx = optax.apply_if_finite(adamwdl(1e-2, layerwise_decay=0.6, multi_precision=True), 3)
@@ -97,7 +83,7 @@ def test_apply_if_finite_skips_a_bad_step_entirely():
 
 
 def test_multi_steps_accumulates_then_takes_one_adamwdl_step():
-  init, grads = _problem(3, 6)
+  init, grads = problem(SHAPES, 6, seed=3)
   k = 3
   tx = optax.MultiSteps(adamwdl(1e-2, layerwise_decay=0.6), every_k_schedule=k)
   accumulated, _ = run_steps(tx, init, grads)
@@ -107,6 +93,80 @@ def test_multi_steps_accumulates_then_takes_one_adamwdl_step():
   ]
   direct, _ = run_steps(adamwdl(1e-2, layerwise_decay=0.6), init, means)
   chex.assert_trees_all_close(accumulated, direct, rtol=1e-5, atol=1e-7)
+
+
+def test_inject_hyperparams_with_bfloat16_zero_d_hyperparameters():
+  init, grads = problem(SMALL, 1, seed=8, init_range=(1.0, 2.0))
+  init = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float32) for k, v in init.items()}
+  params = {k: jnp.asarray(v, jnp.bfloat16) for k, v in init.items()}
+  g = {k: jnp.asarray(v, jnp.bfloat16) for k, v in grads[0].items()}
+  # b2=0.99: optax.inject_hyperparams casts the hyperparameters to the parameters' dtype, and
+  # the default 0.999 rounds to 1.0 in bfloat16 (then Adam's bias correction divides by 0).
+  tx = optax.inject_hyperparams(adamwdl)(
+    learning_rate=LR, b2=0.99, weight_decay=WD, layerwise_decay=0.5
+  )
+  state = tx.init(params)
+  assert state.hyperparams["layerwise_decay"].dtype == jnp.bfloat16  # what this test is about
+  # The reference uses the same bfloat16-rounded hyperparameters.
+  hyper = {k: float(v) for k, v in state.hyperparams.items()}
+  for update in (tx.update, jax.jit(tx.update)):
+    updates, _ = update(g, state, params)
+    assert_dtypes(updates, params, "update")
+    for k in SMALL:
+      ratio = reference.ladder(k, hyper["layerwise_decay"], 3)
+      want, _, _ = reference.adam_update(
+        reference.wide(init[k]),
+        0.0,
+        0.0,
+        reference.wide(np.asarray(g[k], np.float32)),
+        1,
+        ratio,
+        lr=hyper["learning_rate"],
+        b1=hyper["b1"],
+        b2=hyper["b2"],
+        eps=hyper["eps"],
+        wd=hyper["weight_decay"],
+      )
+      # bfloat16 arithmetic: a few roundings of 2**-9 each.
+      np.testing.assert_allclose(np.asarray(updates[k], np.float32), want, rtol=2**-5, err_msg=k)
+  # The same 0-d bfloat16 hyperparameters given directly.
+  direct = adamwdl(**state.hyperparams)
+  chex.assert_trees_all_equal(
+    direct.update(g, direct.init(params), params)[0], tx.update(g, state, params)[0]
+  )
+
+
+def test_freeze_below_under_inject_hyperparams_names_the_static_args_that_work():
+  init, grads = problem(SMALL, 1, seed=9, init_range=(1.0, 2.0))
+  init = jax.tree.map(jnp.asarray, init)
+  options = dict(learning_rate=LR, weight_decay=WD, layerwise_decay=0.5, freeze_below=0.1)
+  # Refused at init, where inject_hyperparams builds adamwdl, not at the first update: a
+  # TypeError, since the ladder's numbers arrive as arrays where Python numbers are needed.
+  without_static_args = optax.inject_hyperparams(adamwdl)(**options)
+  message = raises(TypeError, lambda: without_static_args.init(init), "static_args")
+  for name in STATIC:
+    assert name in message, (name, message)
+  tx = optax.inject_hyperparams(adamwdl, static_args=STATIC)(**options)
+  state = tx.init(init)
+  assert set(state.hyperparams) >= {"learning_rate", "weight_decay"}
+  updates, _ = jax.jit(tx.update)(grads[0], state, init)
+  np.testing.assert_array_equal(updates["embeddings.w"], 0.0)  # 0.5 ** 4 < 0.1: frozen
+  ratios = {k: reference.ladder(k, 0.5, 3) for k in SMALL} | {"embeddings.w": 0.0}
+  want, _, _ = reference.run(init, grads, ratios, lr=LR, wd=WD)
+  assert_close(optax.apply_updates(init, updates), want)
+
+
+def test_apply_decay_param_fun_without_static_args_points_at_static_args():
+  # inject_hyperparams calls every callable it is not told is static as a schedule, with the step
+  # count: a rule such as `"bias" not in name` then fails inside the rule, in optax's code, before
+  # adamwdl is called. A rule that returns something (here `count != "classifier.w"`, True) hands
+  # adamwdl a non-callable apply_decay_param_fun, which must point at static_args: a TypeError,
+  # as for any argument of the wrong type.
+  tx = optax.inject_hyperparams(adamwdl)(
+    learning_rate=LR, apply_decay_param_fun=lambda name: name != "classifier.w"
+  )
+  message = raises(TypeError, lambda: tx.init(SMALL_ONES), "static_args")
+  assert "apply_decay_param_fun" in message
 
 
 # Custom set_param_lr_fun rules.
@@ -126,6 +186,20 @@ def test_paddle_docstring_rule_ported():
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   np.testing.assert_allclose(updates["weight"], -1e-4 * 0.8**0.5, rtol=1e-5)
   np.testing.assert_allclose(updates["bias"], -1e-4, rtol=1e-5)
+
+
+def test_paddle_docstring_rule_without_n_layers():
+  def simple_lr_setting(decay_rate, n_layers, name):  # ignores n_layers
+    return decay_rate**0.5 if "weight" in name else 1.0
+
+  init, grads = problem({"weight": (10, 10), "bias": (10,)}, 1, seed=12, init_range=(1.0, 2.0))
+  ratios = {"weight": 0.8**0.5, "bias": 1.0}
+  assert lr_ratios(init, 0.8, set_param_lr_fun=simple_lr_setting) == pytest.approx(ratios)
+  tx = adamwdl(0.1, layerwise_decay=0.8, set_param_lr_fun=simple_lr_setting)
+  updates, _ = tx.update(grads[0], tx.init(init), init)
+  assert_close(
+    optax.apply_updates(init, updates), reference.run(init, grads, ratios, lr=0.1, wd=0.01)[0]
+  )
 
 
 def test_paddle_style_rule_that_mutates_and_returns_none_is_refused():

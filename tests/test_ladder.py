@@ -1,5 +1,5 @@
-"""Beyond the peers: scanned layers, several stacks, head multiplier, clamps, decoupled
-decay and depth-normalised exponents."""
+"""The ladder (``_ladder``) beyond the peers: scanned layers, several stacks, head multiplier,
+clamps, freezing, decoupled decay and depth-normalised exponents, and their refusals."""
 
 import chex
 import flax.linen as nn
@@ -11,9 +11,11 @@ import pytest
 
 from optax_adamwdl import adamwdl, lr_ratios, lr_table, scale_by_layerwise_lr
 from tests import flax_models, reference
+from tests.conftest import SMALL_ONES, assert_close, problem, raises
 from tests.steps import run_steps
 
 H, DEPTH, DECAY = 4, 3, 0.6
+LR, WD = 0.1, 0.1
 
 
 class _Block(nn.Module):
@@ -134,6 +136,74 @@ def test_bad_scan_axis_is_refused_naming_the_parameter():
     lr_ratios({"layers": {"w": jnp.ones((2, 2))}}, 0.5, scan_axes={"layers": 3})
 
 
+def test_scan_axes_naming_no_parameter_is_refused():
+  params = SMALL_ONES | {"encoderblock.w": np.ones((3, 2), np.float32)}
+  message = raises(
+    ValueError,
+    lambda: adamwdl(LR, layerwise_decay=0.8, scan_axes={"encoderblok": 0}).init(params),
+    "encoderblok",
+  )
+  assert "scan_axes" in message
+
+
+def test_scan_axes_given_as_a_list_is_refused():
+  # A list where a mapping is expected: a TypeError, as for any argument of the wrong type.
+  params = SMALL_ONES | {"encoderblock.w": np.ones((3, 2), np.float32)}
+  raises(TypeError, lambda: lr_ratios(params, 0.8, scan_axes=["encoderblock"]), "scan_axes")
+
+
+def test_scanned_leaves_of_one_stack_with_different_lengths_are_refused():
+  params = {
+    "embedding": {"w": np.ones(2, np.float32)},
+    "encoderblock": {
+      "attn": {"w": np.ones((3, 2), np.float32)},
+      "mlp": {"w": np.ones((4, 2), np.float32)},
+    },
+    "head": {"w": np.ones(2, np.float32)},
+  }
+  tx = adamwdl(LR, layerwise_decay=0.8, scan_axes={"encoderblock": 0})
+  raises(ValueError, lambda: tx.init(params), r"encoderblock\.(attn|mlp)\.w")
+
+
+UNROLLED_SHAPES = {
+  "embedding.w": (2,),
+  **{f"encoderblock_{i}.w": (2, 2) for i in range(3)},
+  "head.w": (2,),
+}
+
+
+def test_scanned_equals_unrolled_with_freeze_below_and_decoupled_decay():
+  options = dict(weight_decay=WD, layerwise_decay=0.5, freeze_below=0.2, decay_follows_ratio=False)
+  unrolled_init, unrolled_grads = problem(UNROLLED_SHAPES, 3, seed=4, init_range=(1.0, 2.0))
+
+  def stacked(tree):
+    layers = [tree[f"encoderblock_{i}.w"] for i in range(3)]
+    rest = {k: v for k, v in tree.items() if not k.startswith("encoderblock_")}
+    return {**rest, "encoderblock.w": np.stack(layers)}
+
+  scanned, _ = run_steps(
+    adamwdl(LR, scan_axes={"encoderblock": 0}, **options),
+    stacked(unrolled_init),
+    [stacked(g) for g in unrolled_grads],
+  )
+  unrolled, _ = run_steps(adamwdl(LR, **options), unrolled_init, unrolled_grads)
+  # embedding 0.5**4 and layer 0 0.5**3 are frozen: not even the weight decay moves them.
+  ratios = {"embedding.w": 0.0, "encoderblock_0.w": 0.0, "encoderblock_1.w": 0.25}
+  ratios |= {"encoderblock_2.w": 0.5, "head.w": 1.0}
+  want, _, _ = reference.run(
+    unrolled_init, unrolled_grads, ratios, lr=LR, wd=WD, decay_follows_ratio=False
+  )
+  assert_close(unrolled, want)
+  np.testing.assert_array_equal(unrolled["encoderblock_0.w"], unrolled_init["encoderblock_0.w"])
+  np.testing.assert_array_equal(scanned["encoderblock.w"][0], unrolled_init["encoderblock_0.w"])
+  np.testing.assert_array_equal(scanned["embedding.w"], unrolled_init["embedding.w"])
+  np.testing.assert_array_equal(unrolled["embedding.w"], unrolled_init["embedding.w"])
+  np.testing.assert_allclose(scanned["head.w"], unrolled["head.w"], rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(
+    scanned["encoderblock.w"], stacked(unrolled)["encoderblock.w"], rtol=1e-6, atol=1e-7
+  )
+
+
 # Several stacks or towers.
 
 
@@ -196,6 +266,21 @@ def test_bad_stacks_are_refused(stacks, message):
     adamwdl(layerwise_decay=0.5, stacks=stacks).init(params)
 
 
+def test_overlapping_stacks_are_refused():
+  # Parameters under both prefixes, so that neither stack is empty: the overlap itself is refused,
+  # a ValueError (the stacks are of the right type; their values contradict each other).
+  params = {
+    "encoder": {"block": [{"w": np.ones(2, np.float32)}] * 2, "norm": np.ones(2, np.float32)},
+    "head": {"w": np.ones(2, np.float32)},
+  }
+  message = raises(
+    ValueError,
+    lambda: adamwdl(LR, layerwise_decay=0.8, stacks=["encoder", "encoder.block"]).init(params),
+    "stacks",
+  )
+  assert "'encoder'" in message and "'encoder.block'" in message, message
+
+
 # Head multiplier, clamps, decoupled decay, depth normalisation.
 
 
@@ -214,6 +299,19 @@ def test_head_ratio_multiplies_only_what_is_above_the_top_layer():
   assert ratios["embeddings.word_embeddings.weight"] == 0.5**5
   # No custom rule needed, and no decay needed either.
   assert lr_ratios(_bert_params(), 1.0, head_ratio=10.0)["encoder.layers.0.linear1.weight"] == 1.0
+
+
+def test_head_ratio_on_a_tree_without_layers():
+  # With no layer, every parameter is unrecognised, and a name no rule recognises gets head_ratio
+  # (the ladder's contract, docs/guides/ladder.md); "no layer found" is refused only with
+  # layerwise_decay != 1 (1 here). So the tree trains, every update scaled by head_ratio.
+  init, grads = problem({"w": (2, 2), "b": (2,)}, 1, seed=10, init_range=(1.0, 2.0))
+  tx = adamwdl(LR, weight_decay=WD, head_ratio=2.0)
+  updates, _ = tx.update(grads[0], tx.init(init), init)
+  assert_close(
+    optax.apply_updates(init, updates),
+    reference.run(init, grads, {"w": 2.0, "b": 2.0}, lr=LR, wd=WD)[0],
+  )
 
 
 def test_min_ratio_floors_every_ratio():
@@ -262,19 +360,15 @@ def test_decay_follows_ratio_against_numpy(follows):
   got = run_steps(tx, params, grads)[0]
 
   def numpy_run(decay_follows_ratio):
-    return reference.numpy_adamwdl(
+    return reference.run(
       params,
-      lambda p, t: grads[t - 1],
-      5,
+      grads,
+      {k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
       lr=2e-2,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
       wd=0.3,
-      ratios={k: reference.paddle_layerwise_lr_decay(0.5, 3, k) for k in params},
-      decay_mask={k: reference.paddle_no_decay(k) for k in params},
+      decay={k: reference.paddle_no_decay(k) for k in params},
       decay_follows_ratio=decay_follows_ratio,
-    )
+    )[0]
 
   want, other = numpy_run(follows), numpy_run(not follows)
   for k in params:

@@ -2,9 +2,10 @@
 model family, and the public ``layerwise_lr_decay``."""
 
 import jax
+import numpy as np
 import pytest
 
-from optax_adamwdl import _layers, layerwise_lr_decay, lr_ratios
+from optax_adamwdl import _layers, layerwise_lr_decay, lr_ratios, lr_table
 from tests import model_trees, reference
 from tests.model_trees import leaf_names
 
@@ -109,3 +110,18 @@ def test_layerwise_lr_decay_is_papers_ladder():
   assert [layerwise_lr_decay(0.5, 3, f"layers.{i}.w") for i in range(3)] == [0.125, 0.25, 0.5]
   assert layerwise_lr_decay(0.5, 3, "embed.embedding") == 0.0625
   assert layerwise_lr_decay(0.5, 3, "head.kernel") == 1.0
+
+
+def test_a_key_that_is_a_digit_but_not_an_integer():
+  # "²".isdigit() is True but int("²") fails. A layer is a "layers" component followed by an
+  # integer (docs/guides/ladder.md), so "layers.².w" is no layer: a name no rule recognises, which
+  # gets head_ratio and is listed as unrecognised (never int()'s "invalid literal").
+  params = {
+    "embeddings": {"w": np.ones(2, np.float32)},
+    "layers": {"0": {"w": np.ones(2, np.float32)}, "²": {"w": np.ones(2, np.float32)}},
+    "head": {"w": np.ones(2, np.float32)},
+  }
+  ratios = lr_ratios(params, 0.5)
+  assert ratios["layers"]["²"]["w"] == 1.0
+  assert ratios["layers"]["0"]["w"] == 0.5
+  assert "layers.².w" in lr_table(params, 0.5).unrecognised

@@ -1,4 +1,5 @@
-"""lazy_mode against a NumPy statement of the rule in the issue."""
+"""lazy_mode (``_lazy``) against the float64 maths (tests/reference.py, ``lazy=True``): a row with
+no gradient keeps its value and its moments."""
 
 import chex
 import jax.numpy as jnp
@@ -7,6 +8,8 @@ import optax
 import pytest
 
 from optax_adamwdl import adamwdl
+from tests import reference
+from tests.conftest import assert_close, draw, problem
 from tests.steps import run_steps
 
 SHAPES = {
@@ -34,30 +37,9 @@ def _grads(seed, with_zero_rows=True):
   return out
 
 
-def _numpy_lazy(init, grads, *, lr, b1, b2, eps, wd, ratios):
-  """A row with zero gradient keeps p, m, v; others take the AdamW step with the global t."""
-  p = {k: np.asarray(v, np.float64) for k, v in init.items()}
-  m = {k: np.zeros_like(v) for k, v in p.items()}
-  v = {k: np.zeros_like(x) for k, x in p.items()}
-  for t, g in enumerate(grads, start=1):
-    for k in p:
-      gk = np.asarray(g[k], np.float64)
-      active = (
-        gk != 0 if gk.ndim <= 1 else np.any(gk != 0, axis=tuple(range(1, gk.ndim)), keepdims=True)
-      )
-      m_new = b1 * m[k] + (1 - b1) * gk
-      v_new = b2 * v[k] + (1 - b2) * gk * gk
-      step = (m_new / (1 - b1**t)) / (np.sqrt(v_new / (1 - b2**t)) + eps) + wd * p[k]
-      p[k] = np.where(active, p[k] - lr * ratios[k] * step, p[k])
-      m[k] = np.where(active, m_new, m[k])
-      v[k] = np.where(active, v_new, v[k])
-  return p, m, v
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lazy_mode_matches_numpy_rule(seed):
-  rng = np.random.default_rng(100 + seed)
-  init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+  init = draw(np.random.default_rng(100 + seed), SHAPES)
   grads = _grads(seed)
   tx = adamwdl(0.05, 0.8, 0.95, 1e-6, weight_decay=0.1, layerwise_decay=0.5, lazy_mode=True)
   params, state = run_steps(tx, init, grads)
@@ -67,7 +49,10 @@ def test_lazy_mode_matches_numpy_rule(seed):
     "encoder.layers.1.w": 0.5,
     "head.scale": 1.0,
   }
-  p, m, v = _numpy_lazy(init, grads, lr=0.05, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, ratios=ratios)
+  # A row with zero gradient keeps p, m, v; others take the AdamW step with the global t.
+  p, m, v = reference.run(
+    init, grads, ratios, lr=0.05, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, lazy=True
+  )
   mu, nu = optax.tree.get(state, "mu"), optax.tree.get(state, "nu")
   assert int(optax.tree.get(state, "count")) == STEPS  # the global step count
   for k in SHAPES:
@@ -82,8 +67,7 @@ def test_lazy_mode_matches_numpy_rule(seed):
 
 
 def test_without_zero_rows_lazy_equals_dense_bitwise():
-  rng = np.random.default_rng(5)
-  init = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+  init = draw(np.random.default_rng(5), SHAPES)
   grads = _grads(5, with_zero_rows=False)
   lazy, lazy_state = run_steps(adamwdl(0.05, layerwise_decay=0.5, lazy_mode=True), init, grads)
   dense, dense_state = run_steps(adamwdl(0.05, layerwise_decay=0.5), init, grads)
@@ -99,3 +83,29 @@ def test_a_row_with_one_nonzero_element_is_active():
   u = np.asarray(updates["embeddings.word"])
   np.testing.assert_array_equal(u[0], 0.0)  # inactive row: no Adam step and no weight decay
   np.testing.assert_allclose(u[1], [-0.05, -0.15, -0.05], rtol=1e-5)  # decay on the whole row
+
+
+def test_lazy_mode_with_freeze_below():
+  shapes = {
+    "embeddings.word": (4, 2),
+    "encoder.layers.0.w": (3, 2),
+    "encoder.layers.1.w": (3, 2),
+    "head.w": (2,),
+  }
+  init, grads = problem(shapes, 2, seed=7, init_range=(1.0, 2.0))
+  grads[1]["encoder.layers.0.w"][0] = 0.0  # rows with no gradient at the second step
+  grads[1]["encoder.layers.1.w"][2] = 0.0
+  grads[1]["embeddings.word"][1] = 0.0
+  tx = adamwdl(0.1, weight_decay=0.1, layerwise_decay=0.5, freeze_below=0.2, lazy_mode=True)
+  after_one, state_one = run_steps(tx, init, grads[:1])
+  params, state = run_steps(tx, init, grads)
+  ratios = {"embeddings.word": 0.0, "encoder.layers.0.w": 0.25, "encoder.layers.1.w": 0.5}
+  ratios["head.w"] = 1.0
+  assert_close(params, reference.run(init, grads, ratios, lr=0.1, wd=0.1, lazy=True)[0])
+  np.testing.assert_array_equal(params["embeddings.word"], init["embeddings.word"])
+  for k, row in (("encoder.layers.0.w", 0), ("encoder.layers.1.w", 2)):
+    np.testing.assert_array_equal(params[k][row], after_one[k][row])
+    for moment in ("mu", "nu"):
+      np.testing.assert_array_equal(
+        optax.tree.get(state, moment)[k][row], optax.tree.get(state_one, moment)[k][row]
+      )

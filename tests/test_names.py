@@ -1,6 +1,7 @@
 """param_names (``_names``): dotted names from pytree paths."""
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +74,30 @@ def test_a_parameter_called_value_keeps_its_name():
     value: jax.Array
 
   assert leaf_names({"h": [Scalar(jnp.zeros(2))]}) == ["h.0.value"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Scale:
+  value: Any
+
+
+class _Box(NamedTuple):
+  value: Any
+
+
+def test_a_field_called_value_keeps_its_name_while_nnx_value_is_dropped():
+  tree = {"norm": _Scale(np.ones(2)), "h": [_Box(np.ones(2))]}
+  assert jax.tree.leaves(param_names(tree)) == ["h.0.value", "norm.value"]
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(2)])
+
+  state = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
+  assert jax.tree.leaves(param_names(state)) == [
+    "layers.0.bias",
+    "layers.0.kernel",
+    "layers.1.bias",
+    "layers.1.kernel",
+  ]

@@ -157,9 +157,9 @@ def test_aliastest(config, name, test_method, params):
     )
   if config != "multi_precision" and jax.numpy.dtype(params.get("dtype", "float32")) == "float16":
     pytest.skip(
-      "float16 parameters with eps=1e-8 (which float16 flushes to 0) are refused at init: Adam "
-      "would divide by 0; tests/test_differential.py::"
-      "test_float16_parameters_that_flush_eps_to_zero_are_refused_at_init"
+      "float16 parameters without master weights are refused at init (float16 moments "
+      "underflow); tests/test_differential.py::"
+      "test_float16_parameters_without_master_weights_are_refused_at_init"
     )
   built = []
   configured = functools.partial(adamwdl, weight_decay=ADAMW_WEIGHT_DECAY, **CONFIGS[config])

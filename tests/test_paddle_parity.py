@@ -14,6 +14,7 @@ import pytest
 
 from optax_adamwdl import adamwdl, clip_by_norm, clip_by_value
 from tests import reference
+from tests.conftest import draw
 
 paddle = pytest.importorskip("paddle")
 
@@ -37,13 +38,8 @@ def _our_adamwdl(**options):
 def _problem(shapes, seed=0):
   """A quadratic with per-step noise: grad = a * p - b + noise_t."""
   rng = np.random.default_rng(seed)
-  init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-  a = {k: rng.uniform(0.5, 2.0, size=s).astype(np.float32) for k, s in shapes.items()}
-  b = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-  noise = [
-    {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(STEPS)
-  ]
-  return init, a, b, noise
+  init, a, b = draw(rng, shapes), draw(rng, shapes, uniform=(0.5, 2.0)), draw(rng, shapes)
+  return init, a, b, [draw(rng, shapes) for _ in range(STEPS)]
 
 
 def _run_paddle(
