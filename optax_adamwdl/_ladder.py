@@ -54,6 +54,19 @@ class Placement(NamedTuple):
   rule: str
 
 
+def _keys(tree: Any) -> tuple[tuple, tuple, tuple]:
+  """The tree's names, shapes and hidden names (``optax.MaskedNode``s), hashable."""
+  names = tuple(_names.leaf_names(tree))
+  shapes = tuple(tuple(np.shape(x)) for x in jax.tree.leaves(tree))
+  return names, shapes, tuple(_names.masked_names(tree))
+
+
+def layered(options: LadderOptions, tree: Any) -> bool:
+  """Whether the model of ``tree`` (its hidden parameters included) holds a layer."""
+  sites, _ = _stacks.sites(options, *_keys(tree))
+  return any(s.kind in ("layer", "scanned") for s in sites)
+
+
 def placements(options: LadderOptions, tree: Any) -> list[Placement]:
   """The placement of each leaf of ``tree``, in ``jax.tree.leaves`` order.
 
@@ -63,9 +76,7 @@ def placements(options: LadderOptions, tree: Any) -> list[Placement]:
     >>> [p.ratio for p in placements(LadderOptions.build(0.5), tree)]
     [0.125, 1.0, 0.25, 0.5]
   """
-  names = tuple(_names.leaf_names(tree))
-  shapes = tuple(tuple(np.shape(x)) for x in jax.tree.leaves(tree))
-  hidden = tuple(_names.masked_names(tree))
+  names, shapes, hidden = _keys(tree)
   if options.concrete:
     return list(_cached(options, names, shapes, hidden))
   return place(options, names, shapes, hidden)

@@ -130,7 +130,9 @@ def scale_by_ladder(
   def init_fn(params):
     placements(ladder, params)  # Raises here, at init, on a tree or rule that cannot work.
     if not ladder.concrete:  # Traced hyperparameters: check their values when init runs.
-      concrete = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+      concrete = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params
+      )
       check = lambda numbers: placements(ladder.with_numbers(numbers), concrete)
       _checks.when_run(check, ladder.numbers)
     return optax.EmptyState()
@@ -138,8 +140,12 @@ def scale_by_ladder(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     placed = placements(ladder, updates)
-    no_layer = placed and all(p.stack is None for p in placed)
-    if not ladder.concrete and ladder.custom is None and no_layer:
+    if (
+      not ladder.concrete
+      and ladder.custom is None
+      and placed
+      and not _ladder.layered(ladder, updates)
+    ):
       # No layer, and an injected decay that init saw at 1 may have left 1 since: refuse then.
       names = [p.name for p in placed]
       _checks.when_run(lambda decays: _ladder.refuse_without_layers(decays, names), ladder.decays)

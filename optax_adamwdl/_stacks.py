@@ -30,8 +30,11 @@ def within(name: str, prefix: str) -> bool:
 # 1. Sites.
 
 
-def _scanned(options: LadderOptions, name: str, shape: tuple[int, ...]) -> _layers.Site | None:
-  """A scanned leaf's site, ("scanned", (length, axis, ndim), prefix), or None."""
+def _scanned(options: LadderOptions, name: str, shape: tuple | None) -> _layers.Site | None:
+  """A scanned leaf's site, ("scanned", (length, axis, ndim), prefix), or None.
+
+  A hidden leaf (``shape`` None: ``optax.masked`` left it out) has no length: (None, None, 0).
+  """
   parts = name.split(".")
   if callable(options.scan_axes):
     axis, prefix = options.scan_axes(name), "scan_axes"  # every leaf it scans: one stack
@@ -49,6 +52,8 @@ def _scanned(options: LadderOptions, name: str, shape: tuple[int, ...]) -> _laye
     prefix = "" if at is None else ".".join(parts[: at + 1])
   if axis is None:
     return None
+  if shape is None:
+    return _layers.Site("scanned", (None, None, 0), prefix)
   if not isinstance(axis, int) or isinstance(axis, bool) or not -len(shape) <= axis < len(shape):
     raise ValueError(f"scan_axes gives axis {axis!r} for parameter {name!r} of shape {shape}.")
   axis %= len(shape)
@@ -94,8 +99,8 @@ def sites(
   """
   placed = [
     (options.scan_axes is not None and _scanned(options, n, s)) or _layers.site(n)
-    for n, s in zip(names, shapes)
-  ] + [_layers.site(n) for n in hidden]
+    for n, s in zip([*names, *hidden], [*shapes, *[None] * len(hidden)])
+  ]
   whole = [*names, *hidden]
   given = [p for p, _, _ in options.stacks]
   found = frozenset(q for q in sequences(whole, placed) if not any(within(q, p) for p in given))
@@ -188,7 +193,7 @@ def _steps(indices: set[tuple[int, ...]], stage_wise: bool) -> dict[tuple[int, .
 def _scan_length(members: list[tuple[str, _layers.Site]]) -> int | None:
   lengths: dict[int, str] = {}  # number of layers -> a leaf that holds that many
   for n, s in members:
-    if s.kind == "scanned":
+    if s.kind == "scanned" and s.index[0] is not None:
       lengths.setdefault(s.index[0], n)
   if len(lengths) > 1:
     found = ", ".join(f"{n!r} holds {length}" for length, n in sorted(lengths.items()))
@@ -214,7 +219,13 @@ def depth(
   )
   if _checks.is_traced(n_layers) or isinstance(n_layers, jax.Array):
     return Stack(decay, n_layers, steps)
-  if n_layers is not None and deepest is not None and n_layers < deepest and not options.custom:
+  hidden = [n for n, s in members if s.kind == "scanned" and s.index[0] is None]
+  if deepest is None and hidden and n_layers is None:
+    raise ValueError(
+      f"The scanned layers of stack {key!r} ({first_names(hidden)}) are left out of this tree "
+      "(optax.masked, optax.partition), so their number cannot be read: pass n_layers=..."
+    )
+  if n_layers is not None and deepest is not None and n_layers < deepest and options.custom is None:
     name = next(n for n, s in members if s.kind == "scanned" or steps.get(s.index) == deepest - 1)
     raise ValueError(
       f"n_layers={n_layers} but parameter {name!r} is in layer {deepest - 1}, so n_layers "

@@ -572,14 +572,20 @@ def _clip(g: list[np.ndarray], max_norm: float) -> list[np.ndarray]:
   return g if norm < max_norm else [x * (max_norm / norm) for x in g]
 
 
-def tolerance(case: Case, leaf: Leaf, want: np.ndarray, moved: np.ndarray) -> np.ndarray:
+def tolerance(
+  case: Case, leaf: Leaf, want: np.ndarray, moved: np.ndarray, seen: bool
+) -> np.ndarray:
   """How far the library may be from the float64 reference: its dtype's roundings, per step,
-  and a relative error along the path ``moved`` (the sum of the steps' sizes)."""
-  steps = STEPS
+  and a relative error along the path ``moved`` (the sum of the steps' sizes). ``seen``: the
+  leaf is adamwdl's (not the other part of ``optax.masked`` / ``optax.partition``)."""
+  steps = STEPS * (case.composition["multisteps"] or 1)
   if leaf.dtype in LOW:
-    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(want), 1e-30))) - jnp.finfo(leaf.dtype).nmant)
-    if case.options.get("multi_precision"):
-      return 1.01 * ulp + 1e-5 * moved
+    nmant = jnp.finfo(leaf.dtype).nmant
+    final = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(want), 1e-30))) - nmant)
+    if case.options.get("multi_precision") and seen:  # the float32 master, rounded once
+      return 1.01 * final + 1e-5 * moved
+    largest = np.abs(want) + moved  # no parameter along the path is larger: nor its rounding
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(largest, 1e-30))) - nmant)
     return steps * ulp + 0.05 * moved
   # A global norm (clipping) sums a low-precision leaf's squares in its dtype: every leaf's
   # gradient is then scaled within that dtype's precision.

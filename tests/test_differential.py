@@ -175,8 +175,8 @@ def check(case: d.Case) -> None:
   assert d.late_refusal(case) is None, "expected a refusal at update, got numbers"
   want, paths = d.reference(case)
   start = [np.asarray(x, np.float64) for x in d.initial_values(case)]
-  for leaf, ours, ref, s, path in zip(case.leaves, got, want, start, paths):
-    tol = d.tolerance(case, leaf, ref, path)
+  for leaf, ours, ref, s, path, seen in zip(case.leaves, got, want, start, paths, d.visible(case)):
+    tol = d.tolerance(case, leaf, ref, path, seen)
     bad = ~(np.abs(ours - ref) <= tol)
     assert not bad.any(), (
       f"{leaf.name} ({leaf.dtype}, {leaf.kind}): ours {ours[bad][:3]}, float64 {ref[bad][:3]}, "
