@@ -331,11 +331,13 @@ def visible(case: Case) -> list[bool]:
 
 
 class Refusal(Exception):
-  """What the library must raise: an error whose message matches ``pattern``."""
+  """What the library must raise: an error whose message holds one of ``patterns`` (several when
+  the configuration deserves several refusals: which comes first depends on what is traced)."""
 
-  def __init__(self, pattern: str):
-    super().__init__(pattern)
-    self.pattern = pattern
+  def __init__(self, *patterns: str):
+    super().__init__(" | ".join(patterns))
+    self.patterns = patterns
+    self.pattern = " | ".join(patterns)
 
 
 def ratios(case: Case, seen: list[bool], decay: float) -> list[Any]:
@@ -460,29 +462,24 @@ def _np_dtype(name: str):
 
 
 def expected_refusal(case: Case) -> Refusal | None:
-  """The error the configuration deserves at construction or init, or None."""
+  """The errors the configuration deserves at construction or init (any one of them), or None."""
   o, c = case.options, case.composition
   seen = visible(case)
+  patterns = []
   refines = o.get("head_ratio", 1.0) != 1 or o.get("depth_normalized") or case.scan_axis is not None
-  if "set_param_lr_fun" in o and refines:  # at construction, before anything else
-    return Refusal("set_param_lr_fun replaces it")
-  if (
-    "freeze_below" in o
-    and c["inject"]
-    and any(
-      k in c["inject"]
-      for k in ("layerwise_decay", "n_layers", "head_ratio", "min_ratio", "freeze_below")
-    )
-  ):
-    return Refusal("freeze_below decides which parameters keep optimizer state")
+  if "set_param_lr_fun" in o and refines:
+    patterns.append("set_param_lr_fun replaces it")
+  ladder_numbers = ("layerwise_decay", "n_layers", "head_ratio", "min_ratio", "freeze_below")
+  if "freeze_below" in o and c["inject"] and any(k in c["inject"] for k in ladder_numbers):
+    patterns.append("freeze_below decides which parameters keep optimizer state")
   float16 = any(s and leaf.dtype == "float16" for leaf, s in zip(case.leaves, seen))
   if float16 and not o.get("multi_precision"):  # float16 moments underflow
-    return Refusal("is float16: Adam's second moment")
+    patterns.append("is float16: Adam's second moment")
   try:
     ratios(case, seen, layerwise_decay(case, first_part=True))
   except Refusal as refusal:
-    return refusal
-  return None
+    patterns += refusal.patterns
+  return Refusal(*patterns) if patterns else None
 
 
 def reference(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -600,7 +597,7 @@ def tolerance(
 
 
 def matches(error: BaseException, refusal: Refusal) -> bool:
-  return re.search(re.escape(refusal.pattern), str(error)) is not None
+  return any(re.search(re.escape(p), str(error)) for p in refusal.patterns)
 
 
 def is_named_error(error: BaseException) -> bool:
