@@ -111,7 +111,9 @@ def place(
 
 
 def _check_layers_found(options, names, stacks, sequences) -> None:
-  if not (options.scales and options.concrete) or any(s.depth is not None for s in stacks.values()):
+  if not (options.scales and options.concrete) or any(
+    s.depth is not None or s.hidden for s in stacks.values()
+  ):
     return
   refuse_without_layers(options.decays, names, sequences)
 
@@ -151,6 +153,9 @@ def ratio(
 ) -> Placement:
   """The default ladder's placement of one leaf, from its site and its stack."""
   stack = stacks.get(key)
+  if site.kind in ("embedding", "stem", "layer", "scanned"):  # what needs a depth
+    for needed in stacks.values() if stack is None else [stack]:
+      _stacks.check_depth_known(key, needed)
   if site.kind in ("layer", "scanned") and stack.depth is None:  # traced decay, no depth
     return Placement(name, key, "top", 1.0, site.kind)
   if site.kind == "layer":

@@ -169,6 +169,16 @@ class Stack(NamedTuple):
   decay: Any
   depth: Any  # int, traced, or None when the stack has no layer
   steps: dict[tuple[int, ...], int]  # layer index -> step on the ladder
+  hidden: tuple[str, ...] = ()  # its scanned leaves, all left out: its depth cannot be read
+
+
+def check_depth_known(key: str | None, stack: Stack) -> None:
+  """Refuses a placement that needs the depth of a stack whose scanned leaves are all hidden."""
+  if stack.hidden:
+    raise ValueError(
+      f"The scanned layers of stack {key!r} ({first_names(stack.hidden)}) are left out of this "
+      "tree (optax.masked, optax.partition), so their number cannot be read: pass n_layers=..."
+    )
 
 
 def _steps(indices: set[tuple[int, ...]], stage_wise: bool) -> dict[tuple[int, ...], int]:
@@ -221,10 +231,7 @@ def depth(
     return Stack(decay, n_layers, steps)
   hidden = [n for n, s in members if s.kind == "scanned" and s.index[0] is None]
   if deepest is None and hidden and n_layers is None:
-    raise ValueError(
-      f"The scanned layers of stack {key!r} ({first_names(hidden)}) are left out of this tree "
-      "(optax.masked, optax.partition), so their number cannot be read: pass n_layers=..."
-    )
+    return Stack(decay, None, steps, tuple(hidden))
   if n_layers is not None and deepest is not None and n_layers < deepest and options.custom is None:
     name = next(n for n, s in members if s.kind == "scanned" or steps.get(s.index) == deepest - 1)
     raise ValueError(

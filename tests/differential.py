@@ -361,6 +361,13 @@ def ratios(case: Case, seen: list[bool], decay: float) -> list[Any]:
       depths[leaf.stack] = leaf.shape[leaf.index]
   if "n_layers" in o:
     depths = {k: o["n_layers"] for k in depths}
+  else:  # a stack whose scanned leaves are all hidden: its depth cannot be read
+    unread = {x.stack for x in case.leaves if x.kind == "scan"} - {
+      x.stack for x, s in zip(case.leaves, seen) if s and x.kind == "scan"
+    }
+    needs = [x for x, s in zip(case.leaves, seen) if s and x.kind in ("embedding", "layer", "scan")]
+    if unread and any(x.stack in unread or x.stack is None for x in needs):
+      raise Refusal("are left out of this tree")
   scales = decay != 1 or o.get("head_ratio", 1.0) != 1
   if not depths and scales and decay != 1 and any(seen):
     raise Refusal("no parameter name is recognised as a layer")
