@@ -596,8 +596,10 @@ def tolerance(
   clipped = "grad_clip" in case.options or case.composition["before"] == "clip"
   mixed = clipped and any(other.dtype in LOW for other in case.leaves)
   rel = 1e-9 if leaf.dtype == "float64" else 2e-5
-  if leaf.dtype == "float64" and case.composition["multisteps"]:
-    rel = 1e-6  # optax.MultiSteps accumulates float64 gradients in float32
+  if leaf.dtype == "float64" and (
+    case.composition["multisteps"] or case.options["learning_rate"] == "schedule"
+  ):
+    rel = 1e-6  # optax.MultiSteps accumulates float64 gradients, and schedules count, in float32
   if case.options.get("mu_dtype") or mixed:
     rel = 2e-2  # a bfloat16 first moment, or a norm summed in bfloat16
   return rel * moved + (1e-12 if leaf.dtype == "float64" else 1e-6)
