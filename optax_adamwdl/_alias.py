@@ -8,54 +8,46 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adamwdl import _checks, _names
+from optax_adamwdl import _checks, _decay, _names
 from optax_adamwdl._ladder import placements
 from optax_adamwdl._ladder_options import LadderOptions, ScanAxes, SetParamLrFun, Stacks
 from optax_adamwdl._lazy import update_nonzero_rows
 from optax_adamwdl._master import with_master_weights
+from optax_adamwdl._multipliers import Multipliers, Mults
 from optax_adamwdl._scale import scale_by_ladder
 
 _STATIC_FOR_FREEZING = ("layerwise_decay", "n_layers", "head_ratio", "min_ratio", "freeze_below")
 
 
-def _decay_mask_from_names(apply_decay_param_fun: Callable[[str], bool]) -> Callable[[Any], Any]:
-  """Turns Paddle's ``name -> bool`` predicate into an optax mask function."""
-  if not callable(apply_decay_param_fun):
-    raise TypeError(
-      f"apply_decay_param_fun must be a callable name -> bool, got {apply_decay_param_fun!r}; "
-      "under optax.inject_hyperparams put it in static_args."
-    )
+def _trainable(ladder: LadderOptions, numbers: dict[str, Any]) -> Callable[[Any], Any] | None:
+  """A mask function: False for the frozen leaves, which keep no Adam moments; or None.
 
-  def decide(name: str) -> bool:
-    decision = apply_decay_param_fun(name)
-    if not isinstance(decision, bool | np.bool_):
-      raise TypeError(
-        f"apply_decay_param_fun must return True or False, got {decision!r} for parameter {name!r}."
-      )
-    return bool(decision)
-
-  return lambda params: jax.tree.map(decide, _names.param_names(params))
-
-
-def _trainable(ladder: LadderOptions, numbers: dict[str, Any]) -> Callable[[Any], Any]:
-  """A mask function: False for the leaves whose every ratio is 0 (frozen: no moments).
-
-  Which leaves keep moments is the state's structure, so it is decided once, from Python
-  numbers: an array (as ``optax.inject_hyperparams`` gives every numeric argument) is refused
-  here, at construction, rather than at the first traced update.
+  Frozen: with ``freeze_below``, the leaves whose every ratio is 0; and the leaves that an
+  ``lr_mults`` multiplier of 0 stops. Which leaves keep moments is the state's structure, so
+  it is decided once, from Python numbers: with ``freeze_below``, an array (as
+  ``optax.inject_hyperparams`` gives every numeric argument) is refused here, at construction,
+  rather than at the first traced update.
   """
+  zero_mults = any(m == 0 for _, m in ladder.lr_mults.rules)
+  if numbers["freeze_below"] is None and not zero_mults:
+    return None
   arrays = [
     k for k, v in numbers.items() if v is not None and not isinstance(v, int | float | np.generic)
   ]
-  if arrays:
+  if arrays and numbers["freeze_below"] is not None:
     raise TypeError(
       "freeze_below decides which parameters keep optimizer state, so the ladder's numbers must "
       f"be Python numbers, but {arrays} came as arrays: under optax.inject_hyperparams pass "
       f"static_args={_STATIC_FOR_FREEZING} (those you give)."
     )
 
+  def frozen(p) -> bool:
+    if p.lr_mult == 0:
+      return True
+    return numbers["freeze_below"] is not None and not np.any(np.asarray(p.ratio) != 0)
+
   def trainable(params):
-    keep = [bool(np.any(np.asarray(p.ratio) != 0)) for p in placements(ladder, params)]
+    keep = [not frozen(p) for p in placements(ladder, params)]
     return jax.tree.structure(params).unflatten(keep)
 
   return trainable
@@ -133,6 +125,9 @@ def adamwdl(
   freeze_below: jax.typing.ArrayLike | None = None,
   decay_follows_ratio: bool = True,
   apply_decay_param_fun: Callable[[str], bool] | None = None,
+  lr_mults: Mults = None,
+  wd_mults: Mults = None,
+  strict_mults: bool = False,
   grad_clip: optax.GradientTransformation | None = None,
   lazy_mode: bool = False,
   multi_precision: bool = False,
@@ -186,6 +181,16 @@ def adamwdl(
       False (big_vision): by the learning rate only,
       :math:`p \leftarrow p - \eta_t (r_p\, \mathrm{adam} + \lambda p)`.
     apply_decay_param_fun: Paddle's form of ``mask``: ``name -> bool``.
+    lr_mults: learning-rate multipliers by name, big_vision's ``lr_mults``:
+      ``[(pattern, multiplier), ...]``; the first pattern that ``fullmatch``\ es
+      a parameter's dotted name multiplies its ratio :math:`r_p` (after
+      ``min_ratio`` and ``freeze_below``). A multiplier of 0 freezes the
+      parameter: it does not move and keeps no Adam moments.
+    wd_mults: weight-decay multipliers by name, the same way: the parameter
+      decays by :math:`\lambda\, \mathbb{1}_p\, w_p` (``mask`` says whether,
+      ``wd_mults`` how much; unmatched parameters get 1).
+    strict_mults: refuse a parameter that two patterns of one list match
+      (scenic's rule). A pattern that matches no parameter is always refused.
     grad_clip: an optax transformation applied to the raw gradients first,
       e.g. ``optax.clip_by_global_norm(1.0)``.
     lazy_mode: rows whose gradient is all zero keep their values and moments
@@ -220,20 +225,20 @@ def adamwdl(
     <https://arxiv.org/abs/1711.05101>`_, 2019.
   """
   _check_arguments(learning_rate, b1, b2, eps, eps_root, weight_decay, grad_clip)
-  if apply_decay_param_fun is not None:
-    if mask is not None:
-      raise ValueError("Give mask (optax style) or apply_decay_param_fun (Paddle style), not both.")
-    mask = _decay_mask_from_names(apply_decay_param_fun)
+  mask = _decay.decay_mask(mask, apply_decay_param_fun)
   numbers = dict(layerwise_decay=layerwise_decay, n_layers=n_layers, head_ratio=head_ratio,
                  min_ratio=min_ratio, freeze_below=freeze_below)  # fmt: skip
   ladder = LadderOptions.build(
     set_param_lr_fun=set_param_lr_fun, stacks=stacks, scan_axes=scan_axes, stage_wise=stage_wise,
-    depth_normalized=depth_normalized, **numbers,
+    depth_normalized=depth_normalized, lr_mults=lr_mults, strict_mults=strict_mults, **numbers,
   )  # fmt: skip
   adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-  if freeze_below is not None:
-    adam = optax.masked(adam, _trainable(ladder, numbers))
-  decay = optax.add_decayed_weights(weight_decay, mask)
+  trainable = _trainable(ladder, numbers)
+  if trainable is not None:
+    adam = optax.masked(adam, trainable)
+  decay = _decay.add_decayed_weights(
+    weight_decay, mask, Multipliers.build("wd_mults", wd_mults, strict_mults)
+  )
   if decay_follows_ratio:
     steps = [adam, decay, scale_by_ladder(ladder)]
   else:

@@ -9,7 +9,9 @@
 4. ratios: each leaf's ratio from its site and its stack (:func:`ratio`), or
    ``set_param_lr_fun``'s (:func:`custom_ratios`);
 5. clamps: ``min_ratio`` and ``freeze_below``, and the check that float32 holds
-   the ratio (:func:`clamped`).
+   the ratio (:func:`clamped`);
+6. multipliers: ``lr_mults``, the first pattern that matches the name
+   multiplies the ratio (:func:`multiplied`).
 
 Everything is Python at trace time, computed once per tree when the options
 are concrete; a ratio is a float, a NumPy vector along a scanned leaf's layer
@@ -41,10 +43,18 @@ class Placement(NamedTuple):
       ladder (0 is the lowest layer), ``"top"`` (above the last layer), or
       ``"layers"`` for a scanned leaf that holds every layer.
     ratio: its learning-rate ratio (a vector along the layer axis for a
-      scanned leaf).
+      scanned leaf), its ``lr_mults`` multiplier included.
     rule: what placed it: ``"layer"``, ``"stage/block"``, ``"scan"``,
       ``"embedding"``, ``"stem"``, ``"head"``, ``"unrecognised"`` (put at the
       top), or ``"custom"`` (``set_param_lr_fun``).
+    lr_mult: the ``lr_mults`` multiplier in ``ratio`` (1.0 when no pattern
+      matched).
+    lr_pattern: the ``lr_mults`` pattern that matched, or None.
+    weight_decay: the multiplier of the weight decay for this parameter: 0.0
+      where the mask (or ``apply_decay_param_fun``) leaves it undecayed, else
+      its ``wd_mults`` multiplier (1.0 when no pattern matched); None where it
+      was not asked (:func:`optax_adamwdl.lr_placements` fills it in).
+    wd_pattern: the ``wd_mults`` pattern that matched, or None.
   """
 
   name: str
@@ -52,6 +62,10 @@ class Placement(NamedTuple):
   position: int | str
   ratio: Any
   rule: str
+  lr_mult: float = 1.0
+  lr_pattern: str | None = None
+  weight_decay: float | None = None
+  wd_pattern: str | None = None
 
 
 def _keys(tree: Any) -> tuple[tuple, tuple, tuple]:
@@ -91,11 +105,12 @@ def place(
   options: LadderOptions, names: Sequence[str], shapes: Sequence[tuple], hidden: Sequence[str] = ()
 ) -> list[Placement]:
   """The pipeline, on names and shapes; ``hidden`` names what ``optax.masked`` leaves out."""
-  if not names:
-    return []  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale.
+  if not names:  # An empty tree (or optax.tree_map_params' placeholder) has nothing to scale,
+    options.lr_mults.match(names, hidden)  # but its hidden names still check the patterns.
+    return []
   whole = [*names, *hidden]
   sites, sequences = _stacks.sites(options, names, shapes, hidden)
-  stack_of = _stacks.stacks(options, whole, sites)
+  stack_of = _stacks.stacks(options, whole, sites, [*shapes, *[None] * len(hidden)])
   stacks = {
     k: _stacks.depth(options, k, whole, sites, stack_of)
     for k in dict.fromkeys(stack_of)
@@ -107,7 +122,8 @@ def place(
   else:
     _check_layers_found(options, names, stacks, sequences)
     placed = [ratio(options, *leaf, stacks) for leaf in zip(names, sites, stack_of)]
-  return [clamped(options, p) for p in placed]
+  mults = options.lr_mults.match(names, hidden)
+  return [multiplied(options, clamped(options, p), *m) for p, m in zip(placed, mults)]
 
 
 def _check_layers_found(options, names, stacks, sequences) -> None:
@@ -159,14 +175,14 @@ def ratio(
   if site.kind in ("layer", "scanned") and stack.depth is None:  # traced decay, no depth
     return Placement(name, key, "top", 1.0, site.kind)
   if site.kind == "layer":
-    step = stack.steps[site.index]
+    step = stack.step(site)
     rule = "stage/block" if len(site.index) == 2 and not options.stage_wise else "layer"
     return Placement(name, key, step, _decayed(options, stack, stack.depth - step), rule)
   if site.kind == "scanned":
     length, axis, ndim = site.index
     shape = [1] * ndim
     shape[axis] = length
-    steps = np.arange(length).reshape(shape)
+    steps = (stack.offset(site) + np.arange(length)).reshape(shape)
     depth = jnp.asarray(stack.depth) if isinstance(stack.depth, jax.Array) else stack.depth
     return Placement(name, key, "layers", _decayed(options, stack, depth - steps), "scan")
   if site.kind in ("embedding", "stem"):
@@ -239,3 +255,22 @@ def clamped(options: LadderOptions, placement: Placement) -> Placement:
   value = float(value) if np.ndim(value) == 0 else np.asarray(value, np.float64)
   _checks.check_representable(placement, raw, value, options.freeze_below)
   return placement._replace(ratio=value)
+
+
+def multiplied(options: LadderOptions, placement: Placement, rule: int | None, mult: float):
+  """The placement with its ``lr_mults`` multiplier in the ratio (rule: the pattern's index)."""
+  if rule is None:
+    return placement
+  value = placement.ratio * mult
+  if options.concrete and not isinstance(value, jax.Array):
+    value = float(value) if np.ndim(value) == 0 else np.asarray(value, np.float64)
+    tiny, huge = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    bad = (np.asarray(value) != 0) & ~((np.asarray(value) >= tiny) & (np.asarray(value) <= huge))
+    if bad.any():
+      raise ValueError(
+        f"The learning-rate ratio of parameter {placement.name!r}, times its lr_mults "
+        f"multiplier {mult!r} (pattern {options.lr_mults.rules[rule][0]!r}), is "
+        f"{np.ravel(value)[np.argmax(np.ravel(bad))]!r}, which float32 cannot hold."
+      )
+  pattern = options.lr_mults.rules[rule][0]
+  return placement._replace(ratio=value, lr_mult=mult, lr_pattern=pattern)

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 
 from optax_adamwdl import _checks
+from optax_adamwdl._multipliers import Multipliers, Mults
 
 SetParamLrFun = Callable[[Any, Any, str], Any]
 ScanAxes = Mapping[str, int] | Callable[[str], int | None] | None
@@ -22,8 +23,9 @@ Stacks = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None
 class LadderOptions:
   """The options of :func:`optax_adamwdl.scale_by_layerwise_lr`, checked.
 
-  ``stacks`` holds ``(prefix, n_layers, decay)`` triples and ``scan_axes`` a
-  sorted tuple of ``(component, axis)`` pairs (or the user's function).
+  ``stacks`` holds ``(prefix, n_layers, decay)`` triples, ``scan_axes`` a
+  sorted tuple of ``(component, axis)`` pairs (or the user's function) and
+  ``lr_mults`` the learning-rate multipliers by name pattern.
 
   Examples:
     >>> LadderOptions.build(0.5, stacks=["encoder"]).stacks
@@ -40,6 +42,7 @@ class LadderOptions:
   depth_normalized: bool = False
   min_ratio: Any = 0.0
   freeze_below: Any = None
+  lr_mults: Multipliers = Multipliers("lr_mults")
 
   @classmethod
   def build(
@@ -55,6 +58,8 @@ class LadderOptions:
     depth_normalized: bool = False,
     min_ratio: Any = 0.0,
     freeze_below: Any = None,
+    lr_mults: Mults = None,
+    strict_mults: bool = False,
   ) -> "LadderOptions":
     """Checks the public keyword arguments and returns them as options."""
     _checks.check_range("layerwise_decay", layerwise_decay, low=0.0, low_inclusive=False)
@@ -75,6 +80,7 @@ class LadderOptions:
       depth_normalized=bool(depth_normalized),
       min_ratio=number("min_ratio", min_ratio),
       freeze_below=None if freeze_below is None else number("freeze_below", freeze_below),
+      lr_mults=Multipliers.build("lr_mults", lr_mults, strict_mults),
     )
     refines = options.stacks or options.scan_axes is not None or options.stage_wise
     head = options.head_ratio  # traced under inject_hyperparams (its default too): unchecked
@@ -105,7 +111,8 @@ class LadderOptions:
     return LadderOptions.build(
       decay, n_layers, self.custom, stacks=stacks or None, scan_axes=scan_axes,
       stage_wise=self.stage_wise, head_ratio=head_ratio, depth_normalized=self.depth_normalized,
-      min_ratio=min_ratio, freeze_below=freeze_below,
+      min_ratio=min_ratio, freeze_below=freeze_below, lr_mults=self.lr_mults.rules,
+      strict_mults=self.lr_mults.strict,
     )  # fmt: skip
 
   @property

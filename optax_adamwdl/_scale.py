@@ -10,6 +10,7 @@ import optax
 from optax_adamwdl import _checks, _ladder
 from optax_adamwdl._ladder import Placement, placements
 from optax_adamwdl._ladder_options import LadderOptions, ScanAxes, SetParamLrFun, Stacks
+from optax_adamwdl._multipliers import Mults
 
 
 def scale_leaf(update: jax.Array, ratio: Any) -> jax.Array:
@@ -41,6 +42,8 @@ def scale_by_layerwise_lr(
   depth_normalized: bool = False,
   min_ratio: jax.typing.ArrayLike = 0.0,
   freeze_below: jax.typing.ArrayLike | None = None,
+  lr_mults: Mults = None,
+  strict_mults: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each update by its parameter's layer-wise learning-rate ratio.
 
@@ -84,6 +87,9 @@ def scale_by_layerwise_lr(
     min_ratio: the smallest ratio any parameter gets (timm's
       ``layer_decay_min_scale``).
     freeze_below: ratios below this become 0: those parameters do not move.
+    lr_mults: ``[(pattern, multiplier), ...]``: the first pattern that
+      ``fullmatch``\ es a parameter's dotted name multiplies its ratio.
+    strict_mults: refuse a parameter that two ``lr_mults`` patterns match.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an empty state.
@@ -91,8 +97,8 @@ def scale_by_layerwise_lr(
   Raises:
     ValueError: at ``init``, for a tree in which the ladder finds no layer
       while it would scale something, a ratio that float32 cannot hold, an
-      ``n_layers`` smaller than the names show, or a stack or scan axis that
-      matches no parameter.
+      ``n_layers`` smaller than the names show, or a stack, scan axis or
+      ``lr_mults`` pattern that matches no parameter.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -104,6 +110,7 @@ def scale_by_layerwise_lr(
   """
   options = dict(stacks=stacks, scan_axes=scan_axes, stage_wise=stage_wise, head_ratio=head_ratio)
   options.update(depth_normalized=depth_normalized, min_ratio=min_ratio, freeze_below=freeze_below)
+  options.update(lr_mults=lr_mults, strict_mults=strict_mults)
   return scale_by_ladder(
     LadderOptions.build(layerwise_decay, n_layers, set_param_lr_fun, **options)
   )

@@ -135,6 +135,16 @@ def leaves(draw) -> tuple[tuple[Leaf, ...], int | None]:
   return tuple(out), scan_axis
 
 
+def _mults(names: list[str]):
+  """``(pattern, multiplier)`` rules: a whole name, a first component, a last one; rarely a typo."""
+  spelled = st.sampled_from(names).flatmap(lambda n: st.sampled_from([
+    re.escape(n), re.escape(n.split(".")[0]) + r"(\..*)?", ".*" + re.escape(n.split(".")[-1]),
+  ]))  # fmt: skip
+  pattern = st.integers(0, 9).flatmap(lambda k: st.just("no_such_parameter") if k == 0 else spelled)
+  rule = st.tuples(pattern, st.sampled_from([0.0, 0.5, 3.0]))
+  return st.lists(rule, min_size=1, max_size=3).map(tuple)
+
+
 @st.composite
 def options(draw, names: list[str]) -> dict:
   """Any subset of adamwdl's keywords, with values across their ranges."""
@@ -159,6 +169,9 @@ def options(draw, names: list[str]) -> dict:
     "grad_clip": st.just(1.0),
     "learning_rate": st.sampled_from([0.1, "schedule"]),
     "set_param_lr_fun": st.just("custom"),
+    "lr_mults": _mults(names),
+    "wd_mults": _mults(names),
+    "strict_mults": st.booleans(),
   }
   chosen = draw(st.lists(st.sampled_from(sorted(pool)), max_size=len(pool), unique=True))
   out = {k: draw(pool[k]) for k in chosen}
@@ -340,7 +353,29 @@ class Refusal(Exception):
     self.pattern = " | ".join(patterns)
 
 
+def multipliers(case: Case, argument: str) -> list[float]:
+  """Each leaf's multiplier from ``lr_mults`` or ``wd_mults``: the first pattern that fullmatches
+  its name; 1 when none does. Refused: a pattern that matches no parameter of the model, and with
+  ``strict_mults`` a parameter that two patterns match."""
+  rules = case.options.get(argument, ())
+  hits = [
+    [k for k, (p, _) in enumerate(rules) if re.fullmatch(p, leaf.name)] for leaf in case.leaves
+  ]
+  if case.options.get("strict_mults") and any(len(h) > 1 for h in hits):
+    raise Refusal("strict_mults=True: make the patterns exclusive")
+  if any(all(k not in h for h in hits) for k in range(len(rules))):
+    raise Refusal(f"{argument} pattern")
+  return [rules[h[0]][1] if h else 1.0 for h in hits]
+
+
 def ratios(case: Case, seen: list[bool], decay: float) -> list[Any]:
+  """Each seen leaf's learning-rate ratio, times its ``lr_mults`` multiplier (None: unseen)."""
+  lr_mults = multipliers(case, "lr_mults")
+  ladder = ladder_ratios(case, seen, decay)
+  return [None if r is None else r * m for r, m in zip(ladder, lr_mults)]
+
+
+def ladder_ratios(case: Case, seen: list[bool], decay: float) -> list[Any]:
   """Each seen leaf's learning-rate ratio, from the configuration (None for unseen leaves)."""
   o = case.options
   if "set_param_lr_fun" in o:
@@ -482,10 +517,15 @@ def expected_refusal(case: Case) -> Refusal | None:
   float16 = any(s and leaf.dtype == "float16" for leaf, s in zip(case.leaves, seen))
   if float16 and not o.get("multi_precision"):  # float16 moments underflow
     patterns.append("is float16: Adam's second moment")
-  try:
-    ratios(case, seen, layerwise_decay(case, first_part=True))
-  except Refusal as refusal:
-    patterns += refusal.patterns
+  for check in (
+    lambda: ladder_ratios(case, seen, layerwise_decay(case, first_part=True)),
+    lambda: multipliers(case, "lr_mults"),
+    lambda: multipliers(case, "wd_mults"),
+  ):
+    try:
+      check()
+    except Refusal as refusal:
+      patterns += refusal.patterns
   return Refusal(*patterns) if patterns else None
 
 
@@ -503,6 +543,7 @@ def reference(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
   eps, eps_root = o.get("eps", 1e-8), o.get("eps_root", 0.0)
   wd = o.get("weight_decay", 0.01)
   decay_mask = [("mask" not in o) or decays(leaf.name) for leaf in case.leaves]
+  wd_mults = multipliers(case, "wd_mults")
   count = mini_steps = 0  # inner steps taken, outer steps MultiSteps counted
   k = c["multisteps"] or 1
   accumulated = None
@@ -546,7 +587,7 @@ def reference(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
         b2=b2,
         eps=eps,
         eps_root=eps_root,
-        wd=wd,
+        wd=wd * wd_mults[i],
         decay=decay_mask[i],
         nesterov=bool(o.get("nesterov")),
         decay_follows_ratio=o.get("decay_follows_ratio", True),
@@ -561,7 +602,7 @@ def late_refusal(case: Case) -> Refusal | None:
   if case.composition["changed"] != "layerwise_decay":
     return None
   try:
-    ratios(case, visible(case), layerwise_decay(case, first_part=False))
+    ladder_ratios(case, visible(case), layerwise_decay(case, first_part=False))
   except Refusal as refusal:
     return refusal
   return None

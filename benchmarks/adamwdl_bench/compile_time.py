@@ -11,7 +11,7 @@ from adamwdl_bench.tables import q
 from adamwdl_bench.timing import paired, rotated
 from adamwdl_bench.workers import alone
 
-LABELS = ["optax.adamw", "adamwdl"]
+LABELS = ["optax.adamw", "adamwdl", "adamwdl, multipliers"]
 
 
 def compile_seconds(labels: list[str], tree: str, rounds: int) -> dict[str, list[float]]:

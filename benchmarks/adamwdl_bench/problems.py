@@ -20,6 +20,7 @@ TREES = {
 CONFIGS = {
   "optax.adamw": ("float32", 28),  # read p, g, m, v and write p, m, v
   "adamwdl": ("float32", 28),
+  "adamwdl, multipliers": ("float32", 28),  # + lr_mults and wd_mults: more distinct ratios
   "multi_transform": ("float32", 28),  # the hand-written alternative: one adamw per ratio
   "optax.adamw, single_pass": ("float32", 28),
   "adamwdl, single_pass": ("float32", 28),
@@ -31,6 +32,10 @@ NAMES = {  # how the tables print a configuration
   "optax.adamw, bf16": "optax.adamw, bf16 params and state",
   "adamwdl, bf16 + multi_precision": "adamwdl, bf16 params + multi_precision",
 }
+# A recipe's multipliers on top of the ladder: a 10x head, a 5x pooler, attention at 1.5x (so each
+# layer holds two ratios), and half the weight decay on the feed-forward kernels.
+LR_MULTS = [(r"classifier\..*", 10.0), (r"pooler\..*", 5.0), (r".*\.self_attn\..*", 1.5)]
+WD_MULTS = [(r".*\.linear[12]\.weight", 0.5)]
 BF16 = ["optax.adamw", "adamwdl", "optax.adamw, bf16", "adamwdl, bf16 + multi_precision"]
 FUSED = ["optax.adamw", "optax.adamw, single_pass", "adamwdl, single_pass"]
 
@@ -106,13 +111,14 @@ def make_tx(label: str, shapes: dict[str, tuple] | None = None, learning_rate=LR
   if base == "optax.adamw":
     tx = optax.adamw(learning_rate, weight_decay=WD, mask=decay_mask)
   elif base == "adamwdl":
-    multi_precision = variant == "bf16 + multi_precision"
+    multipliers = dict(lr_mults=LR_MULTS, wd_mults=WD_MULTS) if variant == "multipliers" else {}
     tx = adamwdl(
       learning_rate,
       weight_decay=WD,
       apply_decay_param_fun=decays,
       layerwise_decay=DECAY,
-      multi_precision=multi_precision,
+      multi_precision=variant == "bf16 + multi_precision",
+      **multipliers,
     )
   elif base == "multi_transform":
     labels = {k: repr(r) for k, r in layer_ratios(shapes).items()}

@@ -21,14 +21,14 @@ FUSED_SUFFIX = " + multi-output fusion"
 def plan(tree: str, memory_bytes: float, backend: str, device_time: bool) -> tuple[list, list]:
   """The configurations the main worker holds for ``tree``, and the fused worker's, within memory.
 
-  Bytes held per parameter: the float32 gradient 4, a float32 configuration 12
+  Bytes held per parameter: the float32 gradient 4, a float32 configuration 12 (three always)
   (p, m, v), the bf16 pair 24 (bf16 gradients, p, m, v; float32 master, m, v),
   the triad 8, the copy 4, the fused worker 40.
   """
   n = n_params(tree)
   labels = (["triad"] if backend == "cpu" else []) + (["copy"] if device_time else [])
-  held = 4 + 8 * ("triad" in labels) + 4 * ("copy" in labels) + 24
-  labels += ["optax.adamw", "adamwdl"]
+  held = 4 + 8 * ("triad" in labels) + 4 * ("copy" in labels) + 36
+  labels += ["optax.adamw", "adamwdl", "adamwdl, multipliers"]
 
   def fits(more):
     return (held + more) * n < 0.7 * memory_bytes
