@@ -10,6 +10,8 @@ to one placement and ratio per leaf). Paddle's extras are
 wrappers that compose around any optax optimizer: ``_lazy``
 (:func:`update_nonzero_rows`), ``_master`` (:func:`with_master_weights`),
 ``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick,
+``_multipliers`` and ``_decay`` add ``lr_mults``/``wd_mults`` and the decay
+mask, :mod:`optax_adamwdl.recipes` holds published recipes as configurations,
 ``_table`` reads the ladder (:func:`lr_table`) and ``_check`` checks it
 against the model's forward pass (:func:`check_ladder`).
 """
@@ -25,6 +27,7 @@ from optax_adamwdl._master import MasterWeightsState, with_master_weights
 from optax_adamwdl._names import param_names
 from optax_adamwdl._order import LadderCheck, LadderProblem, SharedParameter
 from optax_adamwdl._scale import scale_by_layerwise_lr
+from optax_adamwdl import recipes
 from optax_adamwdl._table import LrTable, LrTableRow, lr_placements, lr_ratios, lr_table
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
   "lr_ratios",
   "lr_table",
   "param_names",
+  "recipes",
   "scale_by_layerwise_lr",
   "single_pass",
   "update_nonzero_rows",

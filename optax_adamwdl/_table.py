@@ -134,6 +134,8 @@ class LrTable(NamedTuple):
     return [*columns, ("tensors", lambda r: str(r.n_tensors), True)]
 
   def _decay_cell(self, row: LrTableRow) -> str:
+    if row.ratio == 0:  # a frozen parameter does not move: nor does it decay
+      return "frozen"
     if row.weight_decay == 0:
       return "off"
     if isinstance(self.weight_decay, str):
@@ -196,7 +198,8 @@ def lr_table(params: Any, layerwise_decay: Any = 1.0, *args: Any, **config: Any)
   ``lr_mults`` pattern). When the configuration speaks of weight decay
   (``weight_decay``, ``mask``, ``apply_decay_param_fun`` or ``wd_mults``), the
   rows are split by decay too, and a column shows each row's
-  :math:`\\lambda_p` ("off" where the mask leaves it undecayed).
+  :math:`\\lambda_p` ("off" where the mask leaves it undecayed, "frozen"
+  where the ratio is 0).
 
   Examples:
     >>> import jax.numpy as jnp

@@ -88,7 +88,9 @@ def test_the_api_page_documents_every_public_name():
   missing = [
     name
     for name in optax_adamwdl.__all__
-    if not re.search(rf"^\.\. auto(function|class):: {name}$", api, flags=re.M)
+    if not re.search(
+      rf"^\.\. auto(function|class|module):: (optax_adamwdl\.)?{name}$", api, flags=re.M
+    )
   ]
   assert not missing
 
