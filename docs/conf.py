@@ -1,7 +1,10 @@
-"""Sphinx configuration: MyST markdown pages and autodoc from the package's docstrings.
+"""Sphinx configuration: MyST markdown pages, notebooks and autodoc from the package's docstrings.
 
 Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (the tests do the same).
-Nothing here reaches the network: no intersphinx, and the theme's assets are installed with it.
+Nothing here reaches the network, to build or to read the pages: no intersphinx, the theme's assets are
+installed with it, MathJax is copied into ``_static`` from the ``sphinx-mathjax-offline`` package, and
+the notebooks (``docs/notebooks``, a link to ``../notebooks``) are shown with the outputs they were
+saved with, not run.
 """
 
 import importlib.metadata
@@ -14,15 +17,16 @@ release = importlib.metadata.version("optax-adamwdl")
 version = release
 
 extensions = [
-  "myst_parser",
+  "myst_nb",  # MyST markdown (myst_parser) and notebooks
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
+  "sphinx-mathjax-offline",  # MathJax 3 from the package, into _static/mathjax: no CDN
   "sphinx.ext.viewcode",
 ]
 
-source_suffix = {".md": "markdown"}
 root_doc = "index"
+nb_execution_mode = "off"  # the notebooks' stored outputs; tests/test_notebooks.py runs them
 # _generated/ holds pages that other pages {include}; they are not documents of their own.
 exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 

@@ -12,10 +12,12 @@ wrappers that compose around any optax optimizer: ``_lazy``
 ``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick,
 ``_multipliers`` and ``_decay`` add ``lr_mults``/``wd_mults`` and the decay
 mask, :mod:`optax_adamwdl.recipes` holds published recipes as configurations,
-``_table`` reads the ladder (:func:`lr_table`) and ``_check`` checks it
+``_table`` reads the ladder (:func:`lr_table`), ``_metrics`` logs it
+(:func:`layer_metrics`) and ``_check`` checks it
 against the model's forward pass (:func:`check_ladder`).
 """
 
+from optax_adamwdl import recipes
 from optax_adamwdl._alias import adamwdl
 from optax_adamwdl._check import check_ladder
 from optax_adamwdl._clipping import clip_by_norm, clip_by_value
@@ -24,10 +26,10 @@ from optax_adamwdl._ladder import Placement
 from optax_adamwdl._layers import layerwise_lr_decay
 from optax_adamwdl._lazy import update_nonzero_rows
 from optax_adamwdl._master import MasterWeightsState, with_master_weights
+from optax_adamwdl._metrics import layer_metrics
 from optax_adamwdl._names import param_names
 from optax_adamwdl._order import LadderCheck, LadderProblem, SharedParameter
 from optax_adamwdl._scale import scale_by_layerwise_lr
-from optax_adamwdl import recipes
 from optax_adamwdl._table import LrTable, LrTableRow, lr_placements, lr_ratios, lr_table
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
   "check_ladder",
   "clip_by_norm",
   "clip_by_value",
+  "layer_metrics",
   "layerwise_lr_decay",
   "lr_placements",
   "lr_ratios",
