@@ -35,8 +35,13 @@ NESTED_LISTS = frozenset(
   }
 )
 # A component carrying its own index: "layers_3" (linen lists in setup), "encoderblock_3"
-# (big_vision), "Block_3" / "EncoderLayer_3" (linen compact modules).
-INDEXED_LAYER = re.compile(r"((?:encoder|decoder|transformer)?_?(?:block|layer)s?)_(\d+)")
+# (big_vision), "Block_3" / "EncoderLayer_3" (linen compact modules), and the same under any
+# "_"-joined prefix: "dense_layers_0" / "moe_layers_3" (MaxText, unscanned), "text_layers_1".
+# "MlpBlock_0" is not one (a glued prefix other than encoder/decoder/transformer): big_vision's
+# MAP head holds one.
+INDEXED_LAYER = re.compile(
+  r"((?:[a-z0-9]+_)*(?:encoder|decoder|transformer)?_?(?:block|layer)s?)_(\d+)"
+)
 # Embeddings whose names do not contain "embed"; "cls" only as a leaf (big_vision's class
 # token): Hugging Face's "cls" is the module of BERT's pre-training heads.
 EMBEDDINGS = frozenset(
@@ -51,6 +56,12 @@ EMBEDDINGS = frozenset(
     "mask_token",
     "relative_position_bias",
     "rel_pos_bias",
+    # Multi-modal projectors: they map the vision tower's output into the text stack's input
+    # tokens, so they sit at the bottom of the text stack, as its token embedding does
+    # (EasyDeL's and LLaVA's multi_modal_projector; gemma keeps its own in the embedder).
+    "multi_modal_projector",
+    "mm_projector",
+    "mm_input_projection",
   }
 )
 EMBEDDING_LEAVES = frozenset({"cls"})
@@ -125,9 +136,15 @@ HEADS = frozenset(
     # and final norm) to the decoder's width for cross-attention; freshly initialised when a
     # pre-trained encoder and decoder are joined, as a head is.
     "enc_to_dec_proj",
+    # MaxText's output projection (when the embedding is not tied).
+    "logits_dense",
+    # A module called "mlp" outside every layer: the classification head of ViTs written as
+    # Equinox's docs write them (an eqx.nn.Sequential of LayerNorm and Linear). Inside a layer
+    # the layer decides first, so a layer's own "mlp" is that layer's.
+    "mlp",
   }
 )
-HEAD_SUFFIXES = ("_head", "_predictions", "_classifier", "_pooler")
+HEAD_SUFFIXES = ("_head", "_heads", "_predictions", "_classifier", "_pooler")
 
 
 class Site(NamedTuple):
@@ -149,10 +166,12 @@ def _index(part: str) -> int | None:
   return int(part) if part.isascii() and part.isdigit() else None
 
 
-def _layer_at(parts: list[str], i: int) -> Site | None:
+def _layer_at(parts: list[str], i: int, lists: frozenset[str] = frozenset()) -> Site | None:
   """The layer that component ``i`` of ``parts`` names, if it names one."""
   part, lower = parts[i], parts[i].lower()
   following = _index(parts[i + 1]) if i + 1 < len(parts) else None
+  if following is not None and lists and ".".join(parts[: i + 1]) in lists:
+    return Site("layer", (following,), ".".join(parts[: i + 1]))
   if lower in LAYER_LISTS and following is not None:
     index = (following,)
     if i + 3 < len(parts) and (lower, parts[i + 2].lower()) in NESTED_LISTS:
@@ -180,7 +199,9 @@ def _kind(part: str, is_leaf: bool) -> str | None:
   return None
 
 
-def site(name: str, not_stacks: frozenset[str] = frozenset()) -> Site:
+def site(
+  name: str, not_stacks: frozenset[str] = frozenset(), lists: frozenset[str] = frozenset()
+) -> Site:
   """Returns where the parameter called ``name`` sits.
 
   Components are read from the outermost: the first that names a layer (a
@@ -188,7 +209,9 @@ def site(name: str, not_stacks: frozenset[str] = frozenset()) -> Site:
   a stem or a head decides. So ``"encoderblock_2.MlpBlock_0.kernel"`` is
   layer 2, and a list inside a head (``"head.layers.0.kernel"``, an
   ``nnx.Sequential`` head) is the head. Lists whose prefix is in
-  ``not_stacks`` are read as plain components.
+  ``not_stacks`` are read as plain components; lists whose prefix is in
+  ``lists`` are lists of layers whatever their name (the whole tree's
+  structure says so: :func:`optax_adamwdl._stacks.sites`).
 
   Examples:
     >>> site("encoder.layers.3.self_attn.q_proj.weight")
@@ -199,18 +222,47 @@ def site(name: str, not_stacks: frozenset[str] = frozenset()) -> Site:
     ('head', 'embedding')
     >>> site("vision_model.pre_layrnorm.scale").kind
     'stem'
-    >>> site("patch_embed.layers.0.kernel").kind, site("mlp.layers.1.kernel", {"mlp.layers"}).kind
+    >>> site("patch_embed.layers.0.kernel").kind, site("seq.layers.1.kernel", {"seq.layers"}).kind
     ('embedding', 'unrecognised')
+    >>> site("attention_blocks.1.linear1.weight", lists={"attention_blocks"})
+    Site(kind='layer', index=(1,), prefix='attention_blocks')
+    >>> site("decoder.moe_layers_3.mlp.wi.kernel")
+    Site(kind='layer', index=(3,), prefix='decoder.moe_layers')
   """
   parts = name.split(".")
   for i, part in enumerate(parts):
-    layer = _layer_at(parts, i)
+    layer = _layer_at(parts, i, lists)
     if layer is not None and layer.prefix not in not_stacks:
       return layer
     kind = _kind(part, is_leaf=i == len(parts) - 1)
     if kind is not None:
       return Site(kind)
   return Site("unrecognised")
+
+
+def unnamed_list(name: str) -> tuple[str, int, str] | None:
+  """The outermost list under a name no rule knows that decides ``name``'s site, if any.
+
+  Returns (the list's prefix, the index, the rest of the name) when reading
+  ``name`` from the outermost meets a component followed by an index before
+  anything that decides its site (``"attention_blocks.3.attention.query_proj.weight"``:
+  ``("attention_blocks", 3, "attention.query_proj.weight")``). Whether such a
+  list is a stack of layers is for the whole tree's structure to say.
+
+  Examples:
+    >>> unnamed_list("attention_blocks.3.linear1.weight")
+    ('attention_blocks', 3, 'linear1.weight')
+    >>> unnamed_list("encoder.layers.3.weight"), unnamed_list("head.blocks.0.weight")
+    (None, None)
+  """
+  parts = name.split(".")
+  for i, part in enumerate(parts[:-1]):
+    if _layer_at(parts, i) is not None or _kind(part, is_leaf=False) is not None:
+      return None
+    index = _index(parts[i + 1])
+    if index is not None and _index(part) is None:
+      return ".".join(parts[: i + 1]), index, ".".join(parts[i + 2 :])
+  return None
 
 
 def layerwise_lr_decay(decay_rate, n_layers: int, name: str):

@@ -2,7 +2,10 @@
 
 A parameter's name is its pytree path joined by ".", the form that PyTorch's
 ``named_parameters()`` and Paddle's parameter names use, so that name-based
-rules (``set_param_lr_fun``, ``apply_decay_param_fun``) port unchanged.
+rules (``set_param_lr_fun``, ``apply_decay_param_fun``) port unchanged. A key
+that holds a ``/``-joined module path (Haiku's ``"transformer/layer_1/mlp"``,
+flattened checkpoints) is read as that path: its ``/`` become ``.``, and
+Haiku's ``~`` (a module made inside another's method) is dropped.
 """
 
 import sys
@@ -21,6 +24,14 @@ def _variable_types() -> tuple[type, ...]:
   )
 
 
+def _dotted(path: Any) -> str:
+  """A key path as a dotted name: ``/``-joined module paths inside one key are split."""
+  name = jax.tree_util.keystr(path, simple=True, separator=".")
+  if "/" in name:
+    name = ".".join(part for part in name.replace("/", ".").split(".") if part != "~")
+  return name
+
+
 def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:
   # An nnx Variable is a leaf here, so its path ends at the attribute that holds it: no ".value".
   # It holds one array, or nothing (optax.masked and optax.partition put an optax.MaskedNode in
@@ -31,7 +42,7 @@ def _flatten_with_names(tree: Any) -> list[tuple[str, Any]]:
   named = []
   for path, x in pairs:
     leaves = jax.tree.leaves(x) if kinds and isinstance(x, kinds) else [x]
-    named += [(jax.tree_util.keystr(path, simple=True, separator="."), leaf) for leaf in leaves]
+    named += [(_dotted(path), leaf) for leaf in leaves]
   return named
 
 
@@ -43,7 +54,7 @@ def masked_names(tree: Any) -> list[str]:
     or (bool(kinds) and isinstance(x, kinds) and not jax.tree.leaves(x))
   )
   pairs = jax.tree_util.tree_flatten_with_path(tree, is_leaf=hidden)[0]
-  return [jax.tree_util.keystr(path, simple=True, separator=".") for path, x in pairs if hidden(x)]
+  return [_dotted(path) for path, x in pairs if hidden(x)]
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -54,7 +65,8 @@ def leaf_names(tree: Any) -> list[str]:
 def param_names(tree: Any) -> Any:
   """Returns ``tree`` with each leaf replaced by its dotted name.
 
-  Dict keys, attribute names and sequence indices are joined by "."; a flax
+  Dict keys, attribute names and sequence indices are joined by "." (a key
+  that holds a ``/``-joined path is split, Haiku's ``~`` dropped); a flax
   nnx ``Variable`` is named by the attribute that holds it (no trailing
   ``.value``), while a dataclass field that happens to be called ``value``
   keeps its name.
@@ -72,6 +84,8 @@ def param_names(tree: Any) -> Any:
     >>> params = {"encoder": {"layers": [{"kernel": jnp.zeros(2)}]}}
     >>> param_names(params)
     {'encoder': {'layers': [{'kernel': 'encoder.layers.0.kernel'}]}}
+    >>> param_names({"lm/~/transformer/layer_1": {"w": jnp.zeros(2)}})  # Haiku
+    {'lm/~/transformer/layer_1': {'w': 'lm.transformer.layer_1.w'}}
   """
   return jax.tree.unflatten(jax.tree.structure(tree), leaf_names(tree))
 

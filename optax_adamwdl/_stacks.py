@@ -1,12 +1,53 @@
 """The ladder's first steps: each name's site, each leaf's stack, each stack's depth.
 
 A *site* says where one name sits (:func:`optax_adamwdl._layers.site`, or a
-scanned leaf holding every layer). A *stack* is a list of layers and what
-belongs to it (encoder and decoder, text and vision towers): its key is a
-prefix that every member's name starts with. A stack's *depth* is its number
-of layers, with the ladder step of each layer index.
+scanned leaf holding every layer). A *stack* is a ladder: one or more lists of
+layers run one after the other, and what belongs to them (encoder and decoder,
+text and vision towers are a stack each): its key is a prefix that every
+member's name starts with. A stack's *depth* is its number of layers, with the
+ladder step of each layer index.
+
+Three rules decide, read from the whole tree's names and shapes:
+
+1. **What is a list of layers: structure decides.** A component followed by
+   indices (``attention_blocks.0``, ``attention_blocks.1``) under a name no rule
+   knows is a list of layers when its children have the same structure: the
+   same parameter names with the same shapes. A list under a name the rule
+   knows (``layers``, ``h``, ``blocks``, ...) may vary (T5's first block adds
+   a bias, a CNN's stages widen), but a list whose children hold different
+   kinds of modules (no child's parameter names among another's) is a
+   sequence, not a stack, whatever it is called; ``stacks=[...]`` says
+   otherwise. A ``Sequential`` of a LayerNorm and a Linear (both ``weight``
+   and ``bias``, so its names cannot tell it apart) is a head where its
+   module says so (``head``, ``mlp`` outside every layer, ...), and beside
+   the stack elsewhere it is a second list that rule 2 refuses to guess about.
+2. **Series or parallel: names decide, else a refusal.** Lists of layers found
+   under distinct modules (``encoder``/``decoder``, ``text_model``/
+   ``vision_model``, ``vision_encoder``) take their own inputs: a ladder each.
+   Lists that sit side by side in one module, each the module's own list
+   (``decoder.dense_layers`` and ``decoder.moe_layers``; ``decoder.layers`` and
+   ``decoder.layers_remainder.layers_0``, a module named as a list), run one on
+   the other's output: they are one stack, one ladder, whose steps run through
+   the lists in order (the second list's layer 0 is one step above the first
+   list's last layer). The order comes from the names: a list whose name
+   extends another's (``layers_remainder`` after ``layers``) comes after it,
+   dense layers before MoE layers. Lists whose names say neither that they are
+   towers (text, vision, encoder, decoder, ...) nor their order are refused, with
+   the ``stacks=`` that gives them a ladder each. A single list that is its
+   module's own list beside a tower (Gemma 3's text ``layer_{i}`` beside
+   ``vision_encoder``) is that module's stack: it owns what the towers do not
+   (the embedder, the final norm). Stacks given in ``stacks=`` are taken as
+   given; one that holds several lists runs them in series, in the order above.
+3. **Every spelling of a layer**: ``name.{i}``, ``name_{i}`` under any prefix
+   (``dense_layers_0``), ``/``-joined paths (read as ``.``:
+   :mod:`optax_adamwdl._names`), and scanned leaves (one leaf holding every
+   layer along an axis, ``scan_axes``). A tree that looks scanned while no
+   ``scan_axes`` says so (a layer's norm scale with two or more dimensions, or
+   a parameter with one more dimension than the same parameter of another list
+   of the same stack) is refused, with the ``scan_axes`` to pass.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -60,13 +101,47 @@ def _scanned(options: LadderOptions, name: str, shape: tuple | None) -> _layers.
   return _layers.Site("scanned", (shape[axis], axis, len(shape)), prefix)
 
 
+def _structure(children: dict[int, dict[str, tuple | None]]) -> bool:
+  """Whether the children of a list have the same structure: the same names, the same shapes."""
+  kinds = list(children.values())
+  if len(kinds) < 2 or any(not k or "" in k for k in kinds):  # bare arrays are not modules
+    return False
+  first = kinds[0]
+  return all(
+    k.keys() == first.keys()
+    and all(k[n] is None or first[n] is None or k[n] == first[n] for n in k)
+    for k in kinds[1:]
+  )
+
+
+def unnamed_stacks(
+  names: Sequence[str], shapes: Sequence[tuple | None], given: Sequence[str], skip: Sequence[bool]
+) -> frozenset[str]:
+  """The lists under names no rule knows whose children have the same structure (rule 1).
+
+  Equinox's ViT keeps its blocks in ``attention_blocks``: a list of identical
+  blocks is a stack of layers whatever it is called (a list given in
+  ``stacks=`` is one whatever its children).
+  """
+  children: dict[str, dict[int, dict[str, tuple | None]]] = {}
+  for name, shape, skipped in zip(names, shapes, skip):
+    found = None if skipped else _layers.unnamed_list(name)
+    if found is not None:
+      prefix, index, inner = found
+      children.setdefault(prefix, {}).setdefault(index, {})[inner] = shape
+  return frozenset(p for p, kids in children.items() if p in given or _structure(kids))
+
+
 def sequences(names: Sequence[str], sites: Sequence[_layers.Site]) -> frozenset[str]:
   """The lists that hold different kinds of modules (an ``nnx.Sequential`` of LayerNorm and Linear).
 
   A stack's layers share their parameter names (one may add some, as T5's
   first block adds its relative-position bias). A list of two or more
   children none of whose names are among another's is a sequence of
-  different modules, not a stack, whatever it is called.
+  different modules, not a stack, whatever it is called. (Shapes are not
+  asked of a list under a known name: its layers may widen, as a CNN's
+  stages do. A list under a name no rule knows must have children of one
+  structure, shapes included: :func:`unnamed_stacks`.)
   """
   children: dict[str, dict[int, set[str]]] = {}
   nested = set()
@@ -97,16 +172,19 @@ def sites(
   their place): they count for the model's stacks and depths, so that a
   transformation that sees part of a model places it as the whole model does.
   """
-  placed = [
-    (options.scan_axes is not None and _scanned(options, n, s)) or _layers.site(n)
-    for n, s in zip([*names, *hidden], [*shapes, *[None] * len(hidden)])
-  ]
   whole = [*names, *hidden]
+  every_shape = [*shapes, *[None] * len(hidden)]
+  scanned = [
+    (options.scan_axes is not None and _scanned(options, n, s)) or None
+    for n, s in zip(whole, every_shape)
+  ]
   given = [p for p, _, _ in options.stacks]
+  lists = unnamed_stacks(whole, every_shape, given, [s is not None for s in scanned])
+  placed = [s or _layers.site(n, lists=lists) for n, s in zip(whole, scanned)]
   found = frozenset(q for q in sequences(whole, placed) if not any(within(q, p) for p in given))
   if found:
     placed = [
-      _layers.site(n, found) if s.kind == "layer" and s.prefix in found else s
+      _layers.site(n, found, lists) if s.kind == "layer" and s.prefix in found else s
       for n, s in zip(whole, placed)
     ]
   return placed, found
@@ -130,6 +208,89 @@ def _roots(prefixes: list[str]) -> list[str]:
   return roots
 
 
+# Words that name a tower (a stack with inputs of its own), in a list's own name.
+TOWER_WORDS = frozenset(
+  {
+    "text",
+    "vision",
+    "visual",
+    "image",
+    "audio",
+    "speech",
+    "video",
+    "encoder",
+    "decoder",
+    "language",
+  }
+)
+# Words that order lists of layers in series: a lower rank runs first (MaxText's DeepSeek runs
+# its dense layers, then its MoE layers).
+ORDER_WORDS = {"dense": 0, "moe": 1, "sparse": 1}
+
+
+def _words(component: str) -> set[str]:
+  return set(component.lower().split("_"))
+
+
+def _list_root(prefix: str, root: str) -> bool:
+  """Whether a stack's root is its module's own list: the list itself, or a module named as one.
+
+  ``decoder.dense_layers`` (the list is what tells it from the other stacks) and
+  ``decoder.layers_remainder`` (a module named as a list) are; ``encoder``,
+  ``text_model`` and ``vision_layers`` (a tower's name) are not.
+  """
+  if root == "" or prefix == "scan_axes":  # a scan_axes function's leaves: one stack, no module
+    return False
+  words = _words(root.rpartition(".")[2])
+  if words & TOWER_WORDS:
+    return False
+  return root == prefix or bool(words & _layers.LAYER_LISTS)
+
+
+def _before(a: str, b: str) -> bool | None:
+  """Whether list component ``a`` runs before ``b`` by their names, or None when they do not say."""
+  if b.startswith(a + "_"):  # layers, then layers_remainder
+    return True
+  if a.startswith(b + "_"):
+    return False
+  rank_a = [ORDER_WORDS[w] for w in _words(a) if w in ORDER_WORDS]
+  rank_b = [ORDER_WORDS[w] for w in _words(b) if w in ORDER_WORDS]
+  if rank_a and rank_b and min(rank_a) != min(rank_b):
+    return min(rank_a) < min(rank_b)
+  return None
+
+
+def series_order(key: str | None, lists: Sequence[str], given: bool = False) -> list[str]:
+  """The lists of one stack in the order they run (rule 2), or a refusal.
+
+  Each list is named by its component right under the lists' common module
+  (``dense_layers``; ``layers_remainder`` for ``decoder.layers_remainder.layers``).
+  """
+  if len(lists) < 2:
+    return list(lists)
+  split = [p.split(".") for p in lists]
+  common = 0
+  while all(len(q) > common + 1 for q in split) and len({q[common] for q in split}) == 1:
+    common += 1
+  own = {p: q[common] for p, q in zip(lists, split)}
+  for i, a in enumerate(lists):
+    for b in lists[i + 1 :]:
+      if own[a] == own[b] or _before(own[a], own[b]) is None:
+        parent = ".".join(split[0][:common])
+        roots = [".".join(p.split(".")[: common + 1]) for p in (a, b)]
+        where = repr(parent) if parent else "the model"
+        where = f"stack {key!r} (given in stacks=)" if given else where
+        raise ValueError(
+          f"The lists of layers {a!r} and {b!r} sit side by side in {where}, and their names "
+          "say neither that they are towers with inputs of their own (a ladder each) nor in "
+          "which order one runs on the other's output (one ladder, in series). For a ladder "
+          f"each, pass stacks={roots!r}; for one ladder in series, pass set_param_lr_fun "
+          "(see the ladder guide, 'Series or parallel')."
+        )
+  compare = lambda a, b: -1 if _before(own[a], own[b]) else 1
+  return sorted(lists, key=functools.cmp_to_key(compare))
+
+
 def _check_scans_found(options: LadderOptions, found: Sequence[_layers.Site]) -> None:
   if options.scan_axes is None:
     return
@@ -143,10 +304,30 @@ def _check_scans_found(options: LadderOptions, found: Sequence[_layers.Site]) ->
     )
 
 
+def _keys(prefixes: list[str], given: list[str]) -> dict[str, str]:
+  """Each automatic list's stack key (rule 2): its root, or its module's when in series."""
+  roots = _roots(prefixes + given)[: len(prefixes)]
+  raised = {}
+  for p, r in zip(prefixes, roots):
+    raised[p] = r.rpartition(".")[0] if _list_root(p, r) else r
+  if len(set(raised.values())) == 1 and not given:
+    return dict.fromkeys(prefixes, "")  # one stack: the whole model
+  return raised
+
+
 def stacks(
-  options: LadderOptions, names: Sequence[str], found: Sequence[_layers.Site]
+  options: LadderOptions,
+  names: Sequence[str],
+  found: Sequence[_layers.Site],
+  shapes: Sequence[tuple | None] | None = None,
 ) -> list[str | None]:
-  """Each leaf's stack: a given stack's prefix, an automatic stack's root, or None."""
+  """Each leaf's stack: a given stack's prefix, an automatic stack's key, or None.
+
+  A layer belongs to the stack of its list; anything else to the stack with
+  the longest key that its name starts with. ``shapes`` (None for a hidden
+  leaf), when given, are checked for a layer axis that ``scan_axes`` does not
+  declare.
+  """
   given = [p for p, _, _ in options.stacks]
   own = [max((p for p in given if within(n, p)), key=len, default=None) for n in names]
   for p in given:
@@ -154,12 +335,70 @@ def stacks(
       raise ValueError(f"stacks: no parameter name starts with {p!r} ({first_names(names)}).")
   _check_scans_found(options, found)
   layered = [s.prefix for s, o in zip(found, own) if o is None and s.kind in ("layer", "scanned")]
-  prefixes = list(dict.fromkeys(layered))
-  roots = _roots(prefixes + given)[: len(prefixes)] if prefixes else []
-  return [
-    o if o is not None else max((r for r in roots if within(name, r)), key=len, default=None)
-    for name, o in zip(names, own)
+  keys = _keys(list(dict.fromkeys(layered)), given) if layered else {}
+  roots = set(keys.values())
+  stack_of = [
+    o
+    if o is not None
+    else keys[s.prefix]
+    if s.kind in ("layer", "scanned")
+    else max((r for r in roots if within(name, r)), key=len, default=None)
+    for name, s, o in zip(names, found, own)
   ]
+  if shapes is not None:
+    _check_layer_axes(options, names, found, shapes, stack_of)
+  return stack_of
+
+
+def _inner(name: str, site: _layers.Site) -> str:
+  """A layer's parameter name inside its layer: what follows the layer's index."""
+  rest = name[len(site.prefix) :].lstrip("._")
+  return rest.partition(".")[2]
+
+
+def _extra_axis(big: tuple, small: tuple) -> int | None:
+  for axis in range(len(big)):
+    if big[:axis] + big[axis + 1 :] == small:
+      return axis
+  return None
+
+
+def _refuse_scanned(name: str, site: _layers.Site, why: str, axis: int | None) -> None:
+  parts = site.prefix.split(".")
+  module = parts[-2] if len(parts) > 1 else parts[-1]
+  raise ValueError(
+    f"Parameter {name!r} looks scanned: {why}, so it holds several layers along an axis, while "
+    f"its name gives it one layer of {site.prefix!r}. Pass scan_axes={{{module!r}: "
+    f"{'<axis>' if axis is None else axis}}} (the component whose leaves stack their layers, "
+    "and the axis along which they do; see the scanned-layers guide)."
+  )
+
+
+def _check_layer_axes(options, names, found, shapes, stack_of) -> None:
+  """Refuses layers that carry a layer axis that ``scan_axes`` does not declare (rule 3)."""
+  layers = [
+    (name, site, shape, key)
+    for name, site, shape, key in zip(names, found, shapes, stack_of)
+    if site.kind == "layer" and shape is not None
+  ]
+  seen: dict[tuple, tuple[str, tuple, _layers.Site]] = {}
+  for name, site, shape, key in layers:
+    other = seen.setdefault((key, _inner(name, site)), (name, shape, site))
+    if other[2].prefix != site.prefix and len(other[1]) != len(shape):
+      (big, big_shape, big_site), small_shape = (
+        ((name, shape, site), other[1]) if len(shape) > len(other[1]) else (other, shape)
+      )
+      why = (
+        f"it has shape {big_shape} where the same parameter of another list of its stack has "
+        f"{small_shape}"
+      )
+      _refuse_scanned(big, big_site, why, _extra_axis(big_shape, small_shape))
+  for name, site, shape, _ in layers:
+    inner = _inner(name, site).split(".")
+    if len(shape) >= 2 and len(inner) >= 2 and inner[-1] == "scale":
+      module = inner[-2].lower()
+      if "norm" in module or module.startswith("ln"):
+        _refuse_scanned(name, site, f"its norm scale has shape {shape}", None)
 
 
 # 3. Depths.
@@ -168,8 +407,17 @@ def stacks(
 class Stack(NamedTuple):
   decay: Any
   depth: Any  # int, traced, or None when the stack has no layer
-  steps: dict[tuple[int, ...], int]  # layer index -> step on the ladder
+  steps: dict[tuple[str, tuple[int, ...]], int]  # (list, layer index) -> step on the ladder
   hidden: tuple[str, ...] = ()  # its scanned leaves, all left out: its depth cannot be read
+  offsets: dict[str, int] = {}  # a scanned list -> the step of its first layer (lists in series)
+
+  def step(self, site: _layers.Site) -> int:
+    """The ladder step of a layer's site."""
+    return self.steps[(site.prefix, site.index)]
+
+  def offset(self, site: _layers.Site) -> int:
+    """The ladder step of the first layer held by a scanned site."""
+    return self.offsets.get(site.prefix, 0)
 
 
 def check_depth_known(key: str | None, stack: Stack) -> None:
@@ -217,26 +465,47 @@ def _scan_length(members: list[tuple[str, _layers.Site]]) -> int | None:
 def depth(
   options: LadderOptions, key: str, names: Sequence[str], found: Sequence, stack_of: Sequence
 ) -> Stack:
-  """The stack ``key``'s decay, depth and steps (its ``stacks`` options, or the defaults)."""
+  """The stack ``key``'s decay, depth and steps (its ``stacks`` options, or the defaults).
+
+  A stack of several lists runs them in series (:func:`series_order`): each
+  list's steps start one above the previous list's last layer.
+  """
   n_layers, decay = next(((n, d) for p, n, d in options.stacks if p == key), (None, None))
+  given = any(p == key for p, _, _ in options.stacks)
   decay = options.decay if decay is None else decay
   n_layers = options.n_layers if n_layers is None else n_layers
   members = [(n, s) for n, s, k in zip(names, found, stack_of) if k == key]
-  length = _scan_length(members)
-  steps = _steps({s.index for _, s in members if s.kind == "layer"}, options.stage_wise)
-  deepest = max(
-    [*(v + 1 for v in steps.values()), *([] if length is None else [length])], default=None
-  )
+  lists = list(dict.fromkeys(s.prefix for _, s in members if s.kind in ("layer", "scanned")))
+  steps: dict[tuple[str, tuple[int, ...]], int] = {}
+  offsets: dict[str, int] = {}
+  total, unknown = 0, False
+  for prefix in series_order(key, lists, given):
+    own = [(n, s) for n, s in members if s.prefix == prefix]
+    length = _scan_length(own)
+    if any(s.kind == "scanned" for _, s in own):
+      offsets[prefix] = total
+      unknown = unknown or length is None
+      total += length or 0
+      continue
+    listed = _steps({s.index for _, s in own if s.kind == "layer"}, options.stage_wise)
+    steps.update({(prefix, i): total + v for i, v in listed.items()})
+    total += max(listed.values(), default=-1) + 1
+  deepest = total if lists and not (unknown and total == 0) else None
   if _checks.is_traced(n_layers) or isinstance(n_layers, jax.Array):
-    return Stack(decay, n_layers, steps)
+    return Stack(decay, n_layers, steps, (), offsets)
   hidden = [n for n, s in members if s.kind == "scanned" and s.index[0] is None]
-  if deepest is None and hidden and n_layers is None:
-    return Stack(decay, None, steps, tuple(hidden))
+  if unknown and (n_layers is None or len(lists) > 1):
+    return Stack(decay, None, steps, tuple(hidden), offsets)
   if n_layers is not None and deepest is not None and n_layers < deepest and options.custom is None:
-    name = next(n for n, s in members if s.kind == "scanned" or steps.get(s.index) == deepest - 1)
+    name = next(
+      n
+      for n, s in members
+      if s.kind == "scanned"
+      or (s.kind == "layer" and steps.get((s.prefix, s.index)) == deepest - 1)
+    )
     raise ValueError(
       f"n_layers={n_layers} but parameter {name!r} is in layer {deepest - 1}, so n_layers "
       f"must be at least {deepest} (or None to infer it); a smaller value would give ratios "
       "above 1."
     )
-  return Stack(decay, deepest if n_layers is None else n_layers, steps)
+  return Stack(decay, deepest if n_layers is None else n_layers, steps, (), offsets)
