@@ -192,7 +192,9 @@ def adamwdl(
     strict_mults: refuse a parameter that two patterns of one list match
       (scenic's rule). A pattern that matches no parameter is always refused.
     grad_clip: an optax transformation applied to the raw gradients first,
-      e.g. ``optax.clip_by_global_norm(1.0)``.
+      e.g. ``optax.clip_by_global_norm(1.0)``; frozen parameters (those
+      that keep no moments) take no part in it, as in PyTorch, where they
+      have no gradient, and big_vision.
     lazy_mode: rows whose gradient is all zero keep their values and moments
       (:func:`optax_adamwdl.update_nonzero_rows`).
     multi_precision: float32 master weights and moments for bfloat16/float16
@@ -234,8 +236,9 @@ def adamwdl(
   )  # fmt: skip
   adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
   trainable = _trainable(ladder, numbers)
-  if trainable is not None:
+  if trainable is not None:  # frozen leaves: no moments, and no part in the clipping norm
     adam = optax.masked(adam, trainable)
+    grad_clip = grad_clip if grad_clip is None else optax.masked(grad_clip, trainable)
   decay = _decay.add_decayed_weights(
     weight_decay, mask, Multipliers.build("wd_mults", wd_mults, strict_mults)
   )

@@ -40,6 +40,13 @@ def mask_from_names(apply_decay_param_fun: Callable[[str], bool]) -> Callable[[A
 
 def decay_mask(mask: Any, apply_decay_param_fun: Callable[[str], bool] | None) -> Any:
   """The optax mask (a tree, a function of the params, or None) of either argument."""
+  if isinstance(mask, jax.Array | jax.core.Tracer):
+    # What optax.inject_hyperparams passes on for a mask function it took for a schedule: the
+    # function called with the step count (False or True: no parameter decays, or every one).
+    raise TypeError(
+      f"mask came as an array ({mask!r}): under optax.inject_hyperparams a mask function is "
+      "taken for a schedule and called with the step count; put 'mask' in static_args."
+    )
   if apply_decay_param_fun is None:
     return mask
   if mask is not None:
@@ -50,6 +57,10 @@ def decay_mask(mask: Any, apply_decay_param_fun: Callable[[str], bool] | None) -
 def multipliers(mults: Multipliers, params: Any) -> list[tuple[int | None, float]]:
   """``(rule index or None, multiplier)`` for each leaf of ``params``, checked."""
   return list(mults.match(_names.leaf_names(params), _names.masked_names(params)))
+
+
+def _wide(x: Any) -> Any:
+  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def add_decayed_weights(
@@ -79,8 +90,8 @@ def add_decayed_weights(
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
     leaves, treedef = jax.tree.flatten(params)
-    scaled = [
-      p if w == 1 else (jnp.zeros_like(p) if w == 0 else p * w)
+    scaled = [  # in at least float32: one rounding, optax's (lambda * (w * p) + update)
+      p if w == 1 else (jnp.zeros_like(p) if w == 0 else p.astype(_wide(p)) * w)
       for p, (_, w) in zip(leaves, multipliers(mults, params))
     ]
     return inner.update(updates, state, treedef.unflatten(scaled))

@@ -51,7 +51,8 @@ class Placement(NamedTuple):
       matched).
     lr_pattern: the ``lr_mults`` pattern that matched, or None.
     weight_decay: the multiplier of the weight decay for this parameter: 0.0
-      where the mask (or ``apply_decay_param_fun``) leaves it undecayed, else
+      where the mask (or ``apply_decay_param_fun``) leaves it undecayed or it
+      is frozen (its ratio is 0), else
       its ``wd_mults`` multiplier (1.0 when no pattern matched); None where it
       was not asked (:func:`optax_adamwdl.lr_placements` fills it in).
     wd_pattern: the ``wd_mults`` pattern that matched, or None.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 Mults = Sequence[tuple[str, float]] | Mapping[str, float] | None
+_TINY, _HUGE = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,58 +48,81 @@ class Multipliers:
         f"{argument} must be a sequence of (pattern, multiplier) pairs, e.g. "
         f"[(r'.*\\.bias', 0.0)], got {mults!r}."
       )
-    rules = []
-    for pair in pairs:
-      if not (isinstance(pair, Sequence) and len(pair) == 2 and isinstance(pair[0], str)):
-        raise TypeError(f"{argument} holds {pair!r}; each rule is a (pattern, multiplier) pair.")
-      pattern, mult = pair
-      try:
-        re.compile(pattern)
-      except re.error as error:
-        raise ValueError(
-          f"{argument} pattern {pattern!r} is not a regular expression: {error}."
-        ) from None
-      if not isinstance(mult, numbers.Real | np.generic) or isinstance(mult, bool | np.bool_):
-        raise TypeError(
-          f"{argument}[{pattern!r}] must be a Python number (a constant of the compiled step), "
-          f"got {mult!r}."
-        )
-      if not (math.isfinite(float(mult)) and float(mult) >= 0):
-        raise ValueError(f"{argument}[{pattern!r}] must be finite and >= 0, got {mult!r}.")
-      rules.append((pattern, float(mult)))
-    return cls(argument, tuple(rules), bool(strict))
+    rules = tuple(_rule(argument, pair) for pair in pairs)
+    return cls(argument, rules, bool(strict))
 
   def match(self, names: Sequence[str], hidden: Sequence[str] = ()) -> tuple[tuple[Any, float]]:
     """``(index of the matching rule or None, multiplier)`` for each name, checked.
 
-    ``hidden`` names the model's parameters that this tree leaves out
-    (``optax.masked``): a pattern that matches only those still matches.
+    Every rule must be the first match of some name: a pattern that matches
+    nothing, or only names an earlier pattern takes, would do nothing. ``hidden``
+    names what this tree leaves out (``optax.masked``, ``optax.partition``):
+    those parameters are another transformation's, so no rule applies to them,
+    but a tree that hides every parameter still has its rules checked.
     """
-    return _match(self, tuple(names), tuple(hidden))
+    return _match(self, tuple(names), bool(hidden))
+
+
+def _rule(argument: str, pair: Any) -> tuple[str, float]:
+  """One ``(pattern, multiplier)`` pair, checked: a regular expression and a float32 number."""
+  if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2):
+    raise TypeError(f"{argument} holds {pair!r}; each rule is a (pattern, multiplier) pair.")
+  pattern, mult = pair
+  if not isinstance(pattern, str):
+    raise TypeError(
+      f"{argument} pattern {pattern!r} must be a str, a regular expression"
+      + (" (pass its .pattern)." if isinstance(pattern, re.Pattern) else ".")
+    )
+  try:
+    re.compile(pattern)
+  except re.error as error:
+    raise ValueError(
+      f"{argument} pattern {pattern!r} is not a regular expression: {error}."
+    ) from None
+  if not isinstance(mult, numbers.Real | np.generic) or isinstance(mult, bool | np.bool_):
+    raise TypeError(
+      f"{argument}[{pattern!r}] must be a Python number (a constant of the compiled step), "
+      f"got {mult!r}."
+    )
+  try:
+    value = float(mult) + 0.0  # -0.0 is 0.0
+  except OverflowError:
+    value = math.inf
+  if not (value == 0 or _TINY <= value <= _HUGE):
+    raise ValueError(
+      f"{argument}[{pattern!r}] must be 0 or a float32 normal number in [{_TINY:.3g}, "
+      f"{_HUGE:.3g}], got {mult!r}."
+    )
+  return pattern, value
 
 
 @functools.lru_cache(maxsize=64)
-def _match(rules: Multipliers, names: tuple, hidden: tuple) -> tuple:
+def _match(rules: Multipliers, names: tuple, hidden: bool) -> tuple:
   compiled = [re.compile(p) for p, _ in rules.rules]
-  used = [False] * len(compiled)
+  won = [False] * len(compiled)
   out = []
-  for i, name in enumerate((*names, *hidden)):
+  for name in names:
     hits = [k for k, c in enumerate(compiled) if c.fullmatch(name)]
-    for k in hits:
-      used[k] = True
     if rules.strict and len(hits) > 1:
       patterns = [rules.rules[k][0] for k in hits]
       raise ValueError(
         f"Parameter {name!r} matches {len(hits)} {rules.argument} patterns {patterns} and "
         "strict_mults=True: make the patterns exclusive."
       )
-    if i < len(names):
-      out.append((hits[0], rules.rules[hits[0]][1]) if hits else (None, 1.0))
-  unused = [p for (p, _), u in zip(rules.rules, used) if not u]
-  if unused and (names or hidden):
-    shown = ", ".join(repr(n) for n in (*names, *hidden)[:4])
-    raise ValueError(
-      f"{rules.argument} pattern {unused[0]!r} matches no parameter; patterns are fullmatched "
-      f"against dotted names such as {shown} (see optax_adamwdl.param_names)."
+    if hits:
+      won[hits[0]] = True
+    out.append((hits[0], rules.rules[hits[0]][1]) if hits else (None, 1.0))
+  dead = [p for (p, _), w in zip(rules.rules, won) if not w]
+  if dead and (names or hidden):
+    taken = any(re.fullmatch(dead[0], n) for n in names)
+    shown = (
+      ", ".join(repr(n) for n in names[:4]) or "none: optax.masked or partition hides them all"
     )
+    raise ValueError(
+      f"{rules.argument} pattern {dead[0]!r} "
+      + ("is never the first match: an earlier pattern takes every parameter it matches"
+         if taken else "matches no parameter")
+      + "; patterns are fullmatched, first match wins, against the dotted names of the "
+      f"parameters this optimizer updates, such as {shown} (see optax_adamwdl.param_names)."
+    )  # fmt: skip
   return tuple(out)

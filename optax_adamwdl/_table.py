@@ -39,7 +39,16 @@ def param_placements(params: Any, layerwise_decay: Any = 1.0, *args: Any, **conf
   factors = _decay.decay_factors(
     tree, config.get("mask"), config.get("apply_decay_param_fun"), mults
   )
-  return [p._replace(weight_decay=w, wd_pattern=k) for p, (w, k) in zip(placed, factors)]
+  return [
+    p._replace(weight_decay=0.0 if _frozen(p) else w, wd_pattern=None if _frozen(p) else k)
+    for p, (w, k) in zip(placed, factors)
+  ]
+
+
+def _frozen(placement: Placement) -> bool:
+  """A parameter whose every ratio is 0: it does not move, nor decay."""
+  ratio = placement.ratio
+  return not isinstance(ratio, jax.Array) and not np.any(np.asarray(ratio) != 0)
 
 
 def _tree_of(params: Any, values: list) -> Any:

@@ -17,6 +17,10 @@ matched as the original matches them, so a tree whose dotted names
 (the learning rate and its schedule, betas, epsilon, clipping) is given to
 ``adamwdl`` beside it. To add rules of your own, extend the dict, e.g.
 ``config["lr_mults"] = [*mine, *config.get("lr_mults", ())]``.
+
+A preset may hold functions (a ``mask``, a ``set_param_lr_fun``), which
+``optax.inject_hyperparams`` would take for schedules: name them in
+``static_args=[k for k, v in config.items() if callable(v)]``.
 """
 
 import fnmatch
@@ -40,6 +44,12 @@ def _mask(decays: Callable[[str, int], bool]) -> Callable[[Any], Any]:
   """An optax mask function from ``decays(name, ndim) -> bool``."""
 
   def mask(params: Any) -> Any:
+    count = isinstance(params, int | np.integer | np.ndarray | jax.Array) and np.ndim(params) == 0
+    if count and np.issubdtype(np.asarray(params).dtype, np.integer):
+      raise TypeError(  # optax.inject_hyperparams calls a function it takes for a schedule so
+        "A preset's mask was called with a step count: under optax.inject_hyperparams, name the "
+        "preset's functions in static_args=[k for k, v in config.items() if callable(v)]."
+      )
     return jax.tree.map(lambda p, name: bool(decays(name, _ndim(p))), params, param_names(params))
 
   return mask

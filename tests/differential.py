@@ -355,17 +355,30 @@ class Refusal(Exception):
 
 def multipliers(case: Case, argument: str) -> list[float]:
   """Each leaf's multiplier from ``lr_mults`` or ``wd_mults``: the first pattern that fullmatches
-  its name; 1 when none does. Refused: a pattern that matches no parameter of the model, and with
-  ``strict_mults`` a parameter that two patterns match."""
+  its name; 1 when none does. Only the leaves adamwdl updates count (``optax.masked`` and
+  ``optax.partition`` give the others to another transformation). Refused: a pattern that is the
+  first match of none of them, and with ``strict_mults`` one of them that two patterns match."""
   rules = case.options.get(argument, ())
+  seen = visible(case)
   hits = [
-    [k for k, (p, _) in enumerate(rules) if re.fullmatch(p, leaf.name)] for leaf in case.leaves
+    [k for k, (p, _) in enumerate(rules) if re.fullmatch(p, leaf.name)] if s else []
+    for leaf, s in zip(case.leaves, seen)
   ]
   if case.options.get("strict_mults") and any(len(h) > 1 for h in hits):
     raise Refusal("strict_mults=True: make the patterns exclusive")
-  if any(all(k not in h for h in hits) for k in range(len(rules))):
+  if any(all(not h or h[0] != k for h in hits) for k in range(len(rules))):
     raise Refusal(f"{argument} pattern")
   return [rules[h[0]][1] if h else 1.0 for h in hits]
+
+
+def frozen(case: Case, r: list[Any]) -> list[bool]:
+  """The leaves that keep no moments and take no part in ``grad_clip``: a 0 multiplier, or with
+  ``freeze_below`` a ratio of 0 everywhere."""
+  lr_mults = multipliers(case, "lr_mults")
+  return [
+    x is not None and (m == 0 or ("freeze_below" in case.options and not np.any(x != 0)))
+    for x, m in zip(r, lr_mults)
+  ]
 
 
 def ratios(case: Case, seen: list[bool], decay: float) -> list[Any]:
@@ -563,11 +576,11 @@ def reference(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
     elif c["before"] == "clip":
       g = _clip(g, 5.0)
     inner_g = [x if s else None for x, s in zip(g, seen)]
-    if "grad_clip" in o:
-      clipped = _clip([x for x in inner_g if x is not None], 1.0)
-      it = iter(clipped)
-      inner_g = [next(it) if x is not None else None for x in inner_g]
     r = ratios(case, seen, layerwise_decay(case, first_part))
+    if "grad_clip" in o:  # over the leaves that train
+      trained = [x is not None and not f for x, f in zip(inner_g, frozen(case, r))]
+      clipped = iter(_clip([x for x, t in zip(inner_g, trained) if t], 1.0))
+      inner_g = [next(clipped) if t else x for x, t in zip(inner_g, trained)]
     lr = learning_rate(case, count, first_part)
     count += 1
     for i in range(len(case.leaves)):

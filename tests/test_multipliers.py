@@ -13,7 +13,14 @@ import numpy as np
 import optax
 import pytest
 
-from optax_adamwdl import adamwdl, lr_placements, lr_ratios, lr_table, scale_by_layerwise_lr
+from optax_adamwdl import (
+  adamwdl,
+  lr_placements,
+  lr_ratios,
+  lr_table,
+  recipes,
+  scale_by_layerwise_lr,
+)
 
 LR, WD = 0.1, 0.05
 
@@ -151,12 +158,20 @@ def test_multipliers_are_constants_under_inject_hyperparams_and_in_any_wrapper()
   }
   # Injected hyperparameters are float32 arrays: the ratios are computed in float32.
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5), got, want)
-  # optax.masked leaves the classifier out: its pattern still matches (the hidden names count).
-  masked = optax.masked(adamwdl(LR, **config), lambda p: jax.tree.map(lambda _: True, p) | {
-    "classifier": {"kernel": False, "bias": False}})  # fmt: skip
-  got, _ = _run(masked, params)
-  np.testing.assert_allclose(got["encoder"]["layers"][0]["attn"]["kernel"],
-                             want["encoder"]["layers"][0]["attn"]["kernel"], rtol=1e-6)  # fmt: skip
+  # optax.masked leaves the classifier out: it is another transformation's, so a rule for it
+  # would do nothing here, and is refused; the other rules apply as before.
+  hide = lambda p: (
+    jax.tree.map(lambda _: True, p) | {"classifier": {"kernel": False, "bias": False}}
+  )
+  with pytest.raises(ValueError, match=r"lr_mults pattern .classifier.{5}. matches no parameter"):
+    optax.masked(adamwdl(LR, **config), hide).init(params)
+  rest = dict(config, lr_mults=LR_MULTS[1:])
+  got, _ = _run(optax.masked(adamwdl(LR, **rest), hide), params)
+  np.testing.assert_allclose(
+    got["encoder"]["layers"][0]["attn"]["kernel"],
+    want["encoder"]["layers"][0]["attn"]["kernel"],
+    rtol=1e-6,
+  )
 
 
 def test_a_scanned_leaf_takes_the_multiplier_on_every_slice():
@@ -183,7 +198,16 @@ def test_a_scanned_leaf_takes_the_multiplier_on_every_slice():
       r"Parameter 'encoder.layers.0.attn.kernel' matches 2 lr_mults patterns",
     ),
     (dict(lr_mults=[("(", 2.0)]), ValueError, r"lr_mults pattern '\(' is not a regular expression"),
-    (dict(lr_mults=[(".*", -1.0)]), ValueError, r"lr_mults\['\.\*'\] must be finite and >= 0"),
+    (dict(lr_mults=[(".*", -1.0)]), ValueError, r"lr_mults\['\.\*'\] must be 0 or a float32"),
+    (dict(wd_mults=[(".*", 1e40)]), ValueError, r"wd_mults\['\.\*'\] must be 0 or a float32"),
+    (dict(wd_mults=[(".*", 1e-50)]), ValueError, r"must be 0 or a float32 normal number"),
+    (dict(lr_mults=[(".*", 10**400)]), ValueError, r"must be 0 or a float32 normal number"),
+    (
+      dict(lr_mults=[(".*", 0.5), ("classifier.kernel", 10.0)]),
+      ValueError,
+      r"'classifier\.kernel' is never the first match",
+    ),  # shadowed: it would do nothing
+    (dict(lr_mults=[(re.compile("x"), 2.0)]), TypeError, r"must be a str.*pass its \.pattern"),
     (dict(lr_mults=[(".*", jnp.float32(2.0))]), TypeError, r"must be a Python number"),
     (dict(lr_mults=[(".*", True)]), TypeError, r"must be a Python number"),
     (dict(wd_mults=".*"), TypeError, r"wd_mults must be a sequence of \(pattern, multiplier\)"),
@@ -232,3 +256,37 @@ def test_the_paddle_guides_rule_is_visible_on_hugging_face_names():
     20: 1.0,
     4: 0.0,
   }
+
+
+def test_a_preset_under_inject_hyperparams_names_its_functions_static():
+  """A preset's mask is a function: inject_hyperparams takes it for a schedule unless static."""
+  params = {"cls_token": jnp.ones((1, 1, 4)), "blocks": [{"mlp": {"weight": jnp.ones((4, 4))}}] * 2,
+            "head": {"weight": jnp.ones((2, 4)), "bias": jnp.ones(2)}}  # fmt: skip
+  config = recipes.timm(layer_decay=0.5, weight_decay=0.05, final_norm=None)
+  with pytest.raises(TypeError, match=r"mask was called with a step count.*static_args"):
+    optax.inject_hyperparams(adamwdl)(LR, **config).init(params)
+  static = [k for k, v in config.items() if callable(v)]
+  injected = optax.inject_hyperparams(adamwdl, static_args=static)(LR, **config)
+  want, _ = _run(adamwdl(LR, **config), params)
+  got, _ = _run(injected, params)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6), got, want)
+
+
+def test_frozen_parameters_take_no_part_in_the_clipping_norm():
+  params = _params()
+  grads = _grads(params, 0)
+  grads["embeddings"]["word"] = jnp.full_like(grads["embeddings"]["word"], jnp.nan)
+  clip = optax.clip_by_global_norm(1.0)
+  tx = adamwdl(LR, lr_mults=[(r"embeddings\.word", 0.0)], grad_clip=clip, weight_decay=0.0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert np.all(np.asarray(updates["embeddings"]["word"]) == 0)
+  # The others are clipped by their own norm: as if the frozen leaf were not there.
+  rest = jax.tree.map(lambda x: x, grads)
+  del rest["embeddings"]["word"]
+  trimmed = jax.tree.map(lambda x: x, params)
+  del trimmed["embeddings"]["word"]
+  plain = adamwdl(LR, grad_clip=clip, weight_decay=0.0)
+  want, _ = plain.update(rest, plain.init(trimmed), trimmed)
+  np.testing.assert_allclose(
+    updates["classifier"]["kernel"], want["classifier"]["kernel"], rtol=1e-6
+  )
