@@ -56,6 +56,8 @@ class Placement(NamedTuple):
       its ``wd_mults`` multiplier (1.0 when no pattern matched); None where it
       was not asked (:func:`optax_adamwdl.lr_placements` fills it in).
     wd_pattern: the ``wd_mults`` pattern that matched, or None.
+    first_step: for a scanned leaf, the ladder step of its first slice (0,
+      unless the list runs in series after another).
   """
 
   name: str
@@ -67,6 +69,7 @@ class Placement(NamedTuple):
   lr_pattern: str | None = None
   weight_decay: float | None = None
   wd_pattern: str | None = None
+  first_step: int = 0
 
 
 def _keys(tree: Any) -> tuple[tuple, tuple, tuple]:
@@ -185,7 +188,8 @@ def ratio(
     shape[axis] = length
     steps = (stack.offset(site) + np.arange(length)).reshape(shape)
     depth = jnp.asarray(stack.depth) if isinstance(stack.depth, jax.Array) else stack.depth
-    return Placement(name, key, "layers", _decayed(options, stack, depth - steps), "scan")
+    ratio = _decayed(options, stack, depth - steps)
+    return Placement(name, key, "layers", ratio, "scan", first_step=stack.offset(site))
   if site.kind in ("embedding", "stem"):
     if stack is None:  # outside every stack: at the bottom of the deepest
       deepest = [s for s in stacks.values() if s.depth is not None]

@@ -89,7 +89,8 @@ def _rows(placed: list[Placement], shapes: list[tuple]) -> tuple[list[_Slot], di
       vector = np.asarray(p.ratio)
       axis = next((a for a, n in enumerate(vector.shape) if n > 1), 0)
       for j, r in enumerate(vector.ravel()):
-        entries.append((stack, j, float(r), size // max(vector.size, 1), i, j, axis))
+        step = p.first_step + j
+        entries.append((stack, step, float(r), size // max(vector.size, 1), i, j, axis))
     else:
       entries.append((stack, p.position, float(np.max(np.asarray(p.ratio))), size, i, None, 0))
   widths: dict[str, int] = {}

@@ -181,7 +181,8 @@ def _slices(placement: Placement, size: int) -> list[tuple[Any, float, int]]:
   if placement.position != "layers":
     return [(placement.position, float(np.max(ratio)), size)]
   per_layer = np.ravel(ratio)
-  return [(i, float(r), size // per_layer.size) for i, r in enumerate(per_layer)]
+  first = placement.first_step
+  return [(first + i, float(r), size // per_layer.size) for i, r in enumerate(per_layer)]
 
 
 def _order(position: Any) -> tuple[int, int]:

@@ -112,3 +112,23 @@ def test_placements_say_where_and_why():
   assert [p.ratio for p in jax.tree.leaves(placed, is_leaf=lambda x: isinstance(x, Placement))] == (
     ratios
   )
+
+
+def test_scanned_lists_in_series_are_labelled_by_their_steps_on_the_ladder():
+  """MaxText's DeepSeek decoder: one scanned dense layer, then three scanned MoE layers (one
+  ladder in series): the MoE slices are steps 1-3, in the table and in the metrics."""
+  tree = {
+    "decoder": {
+      "dense_layers": {"mlp": {"wi": np.zeros((4, 1, 8))}, "norm": {"scale": np.zeros((4, 1))}},
+      "moe_layers": {"mlp": {"wi": np.zeros((4, 3, 8))}, "norm": {"scale": np.zeros((4, 3))}},
+      "decoder_norm": {"scale": np.zeros(4)},
+    },
+    "token_embedder": {"embedding": np.zeros((10, 4))},
+  }
+  scan_axes = {"dense_layers": 1, "moe_layers": 1}
+  table = lr_table(tree, 0.5, scan_axes=scan_axes)
+  assert [(r.layer, r.ratio) for r in table.rows] == [
+    ("bottom", 0.5**5), ("0", 0.5**4), ("1", 0.5**3), ("2", 0.5**2), ("3", 0.5), ("top", 1.0)
+  ]  # fmt: skip
+  placed = lr_placements(tree, 0.5, scan_axes=scan_axes)
+  assert placed["decoder"]["moe_layers"]["mlp"]["wi"].first_step == 1
