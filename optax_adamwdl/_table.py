@@ -130,7 +130,8 @@ class LrTable(NamedTuple):
 
   def _columns(self) -> list[tuple[str, Any, bool]]:
     """(header, cell of a row, right-aligned) of each column shown."""
-    columns = [("stack", lambda r: r.stack, False)] if any(r.stack for r in self.rows) else []
+    stacked = any(r.stack for r in self.rows)  # "" then names the model's own stack
+    columns = [("stack", lambda r: r.stack or "(model)", False)] if stacked else []
     columns += [("layer", lambda r: r.layer, False), ("rule", lambda r: r.rule, False)]
     columns.append(("lr ratio", lambda r: f"{r.ratio:.6g}", True))
     if any(r.lr_pattern is not None for r in self.rows):
