@@ -35,6 +35,26 @@ def _open(jaxpr: Any) -> Any:
   return jaxpr.jaxpr if isinstance(jaxpr, jex.ClosedJaxpr) else jaxpr
 
 
+def _sub_jaxprs(params: dict) -> list:
+  """The jaxprs in an equation's params (``jax.extend.core.jaxprs_in_params``, which jax 0.9
+  lacks)."""
+  kinds = (jex.ClosedJaxpr, jex.Jaxpr)
+  found = []
+  for value in params.values():
+    values = value if isinstance(value, tuple | list) else (value,)
+    found += [_open(v) for v in values if isinstance(v, kinds)]
+  return found
+
+
+def _scan_counts(params: dict) -> tuple[int, int]:
+  """A scan's numbers of constants and carries: ``num_consts``/``num_carry``, or jax 0.12's
+  ``ft_in`` (one placeholder per operand: constants, carries, sliced inputs)."""
+  if "num_consts" in params:
+    return params["num_consts"], params["num_carry"]
+  consts, carry, _ = params["ft_in"].elts
+  return len(consts), len(carry)
+
+
 class Reads:
   """The positions, in execution order, of the equations that read each parameter.
 
@@ -89,7 +109,7 @@ class Reads:
   def _equation(self, eqn: Any, ins: list, env: dict) -> None:
     name, params = eqn.primitive.name, eqn.params
     if name == "scan":
-      consts, carry = params["num_consts"], params["num_carry"]
+      consts, carry = _scan_counts(params)
       kinds = ["const"] * consts + ["carry"] * carry + ["xs"] * (len(ins) - consts - carry)
       self._loop(ins, kinds, params["reverse"], [(params["jaxpr"], ins)])
     elif name == "while":
@@ -103,7 +123,7 @@ class Reads:
       for branch in params["branches"]:
         self._call(branch, ins[1:])
     else:
-      subs = list(jex.jaxprs_in_params(params))
+      subs = _sub_jaxprs(params)
       if len(subs) == 1 and len(subs[0].invars) == len(ins):
         env.update((v, a) for v, a in zip(eqn.outvars, self._call(subs[0], ins)) if a)
       elif not subs and name in _PASS_THROUGH:

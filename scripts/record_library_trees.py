@@ -37,10 +37,9 @@ dependency of gemma through kauldron) requires ``protobuf<7``; MaxText's wheel d
 only under extras (``maxtext[tpu]`` pulls libtpu and the whole training stack), so the packages its
 model code imports are installed by hand; EasyDeL imports PIL without declaring it. EasyDeL also
 expects PyTorch for a few import-time patches of transformers' PyTorch classes: :func:`_import_easydel`
-stands empty modules in for those instead of installing torch. Two shims let
-``optax_adamwdl._trace`` walk both jax versions: jax 0.12 spells a scan's operand counts ``ft_in``
-(:func:`_scan_counts_from_ft_in`) and jax 0.9 lacks ``jax.extend.core.jaxprs_in_params``
-(:func:`_jaxprs_in_params`).
+stands empty modules in for those instead of installing torch. ``optax_adamwdl._trace`` walks both
+jax versions (0.12 spells a scan's operand counts ``ft_in``; 0.9 lacks
+``jax.extend.core.jaxprs_in_params``).
 
 Each ``record_*`` function builds one model; ``--only`` picks libraries (or single models by name).
 """
@@ -67,37 +66,6 @@ from optax_adamwdl import _trace
 # ------------------------------------------------------------------------------------------------
 # Common: a traced tree to JSON
 # ------------------------------------------------------------------------------------------------
-
-
-def _scan_counts_from_ft_in() -> None:
-  """jax 0.12 spells a scan's operand counts ``ft_in=(consts, carry, xs)`` (one placeholder per
-  operand) where earlier versions have ``num_consts``/``num_carry``, which ``_trace`` reads: give
-  it those."""
-  equation = _trace.Reads._equation
-  if getattr(equation, "_ft_in_shim", False):
-    return
-
-  def compat(self, eqn, ins, env):
-    if eqn.primitive.name == "scan" and "num_consts" not in eqn.params:
-      consts, carry, _ = eqn.params["ft_in"].elts  # a jax._src.flattree.FTTuple
-      eqn = eqn.replace(params={**eqn.params, "num_consts": len(consts), "num_carry": len(carry)})
-    return equation(self, eqn, ins, env)
-
-  compat._ft_in_shim = True
-  _trace.Reads._equation = compat
-
-
-def _jaxprs_in_params() -> None:
-  """jax 0.9 (EasyDeL's pin) has ``jaxprs_in_params``, which ``_trace`` calls, only in ``jax._src``."""
-  from jax._src import core
-  from jax.extend import core as jex
-
-  if not hasattr(jex, "jaxprs_in_params"):
-    jex.jaxprs_in_params = core.jaxprs_in_params
-
-
-_scan_counts_from_ft_in()
-_jaxprs_in_params()
 
 
 def _pure(tree: Any) -> Any:
