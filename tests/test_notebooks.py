@@ -28,4 +28,9 @@ def test_notebook_executes_without_error(path):
 
 
 def test_notebooks_exist():
-  assert {p.stem for p in NOTEBOOKS} == {"lr_curves", "why_layerwise_decay", "porting_from_paddle"}
+  assert {p.stem for p in NOTEBOOKS} == {
+    "lr_curves",
+    "why_layerwise_decay",
+    "porting_from_paddle",
+    "finetune_experiment",
+  }

@@ -1,0 +1,1 @@
+"""Experiments that use optax_adamwdl; not part of the installed package."""
