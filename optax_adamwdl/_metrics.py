@@ -33,6 +33,7 @@ from optax_adamwdl._ladder_options import LadderOptions
 _ADAMWDL = inspect.signature(adamwdl)
 _LADDER = tuple(p for p in inspect.signature(LadderOptions.build).parameters if p != "cls")
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+_STAND_IN_DECAY = 0.987654  # decides the rows when the decay comes as an array or a schedule
 
 
 def _placements(params: Any, config: dict[str, Any]) -> list[Placement]:
@@ -55,15 +56,17 @@ def _plain(value: Any) -> bool:
 
 
 def _stand_in(config: dict[str, Any]) -> dict[str, Any]:
-  """``config`` with each ladder number that is not a Python number (a schedule, an array) at 1.
+  """``config`` with each ladder number that is not a Python number (a schedule, an array)
+  replaced: the decay by a generic one, ``head_ratio`` by 1 and ``min_ratio`` by 0.
 
   The rows are decided once, from Python numbers; a value injected in the state later (or a
   schedule's) moves the ratios, never which parameters share a row.
   """
   out = dict(config)
-  for key in ("layerwise_decay", "head_ratio"):
-    if not _plain(out.get(key, 1.0)):
-      out[key] = 1.0
+  if not _plain(out.get("layerwise_decay", 1.0)):  # not 1: a rule of the decay would give one row
+    out["layerwise_decay"] = _STAND_IN_DECAY
+  if not _plain(out.get("head_ratio", 1.0)):
+    out["head_ratio"] = 1.0
   for key in ("min_ratio",):
     if not _plain(out.get(key, 0.0)):
       out[key] = 0.0
@@ -75,44 +78,47 @@ def _position_name(position: Any, width: int) -> str:
 
 
 def _rows(placed: list[Placement], shapes: list[tuple]) -> tuple[list[_Slot], dict[str, float]]:
-  """Each leaf's slots, and each row's ratio (a row: one stack, one position, one ratio).
+  """Each leaf's slots, and each row's ratio (a row: one stack, one position, one multiplier).
 
-  A position whose parameters have several ratios (``set_param_lr_fun``, multipliers) keeps its
-  name for the ratio that holds the most parameters and adds ``/x<multiple>`` for the others
-  (``layer_03/x10`` for the parameters an ``lr_mults`` pattern multiplies by 10).
+  Parameters that an ``lr_mults`` rule multiplies by ``m`` get the row ``<position>/x<m>``; a
+  position whose parameters still have several ratios (``set_param_lr_fun``) keeps its name for
+  the ratio that holds the most parameters and adds ``/r<ratio>`` for the others.
   """
-  entries = []  # (stack, position, ratio, size, leaf, layer, axis)
+  entries = []  # (stack, position, multiplier, ratio, size, leaf, layer, axis)
+  several = len({p.stack for p in placed if p.stack is not None}) > 1
   for i, (p, shape) in enumerate(zip(placed, shapes)):
-    stack = p.stack or ""
+    # Outside every stack: unprefixed; the model's own stack beside towers: "model".
+    stack = "" if p.stack is None else p.stack or ("model" if several else "")
     size = math.prod(shape)
-    if p.position == "layers":
-      vector = np.asarray(p.ratio)
-      axis = next((a for a, n in enumerate(vector.shape) if n > 1), 0)
+    vector = np.asarray(p.ratio)
+    if p.position == "layers" and vector.size > 1:  # one slot per layer slice
+      axis = next(a for a, n in enumerate(vector.shape) if n > 1)
       for j, r in enumerate(vector.ravel()):
         step = p.first_step + j
-        entries.append((stack, step, float(r), size // max(vector.size, 1), i, j, axis))
-    else:
-      entries.append((stack, p.position, float(np.max(np.asarray(p.ratio))), size, i, None, 0))
+        entries.append((stack, step, p.lr_mult, float(r), size // vector.size, i, j, axis))
+    else:  # a scanned leaf of one layer is that layer, whole
+      position = p.first_step if p.position == "layers" else p.position
+      entries.append((stack, position, p.lr_mult, float(np.max(vector)), size, i, None, 0))
   widths: dict[str, int] = {}
   for stack, position, *_ in entries:
     if isinstance(position, int):
       widths[stack] = max(widths.get(stack, 1), len(str(position)))
   counts: dict[tuple, dict[float, int]] = {}
-  for stack, position, r, size, *_ in entries:
-    by_ratio = counts.setdefault((stack, position), {})
+  for stack, position, mult, r, size, *_ in entries:
+    by_ratio = counts.setdefault((stack, position, mult), {})
     by_ratio[r] = by_ratio.get(r, 0) + size
   names: dict[tuple, str] = {}
   ratios: dict[str, float] = {}
-  for (stack, position), by_ratio in counts.items():
+  for (stack, position, mult), by_ratio in counts.items():
     base = _position_name(position, widths.get(stack, 1))
     base = f"{stack}/{base}" if stack else base
+    base += "" if mult == 1 else f"/x{mult:g}"
     main = max(by_ratio, key=lambda r: by_ratio[r])  # the first of equals: leaves order
     for r in by_ratio:
-      suffix = "" if r == main else (f"/x{r / main:.6g}" if main else f"/r{r:.6g}")
-      names[stack, position, r] = base + suffix
-      ratios[base + suffix] = r
-  slots = [_Slot(leaf, names[s, pos, r], layer, axis)
-           for s, pos, r, _, leaf, layer, axis in entries]  # fmt: skip
+      names[stack, position, mult, r] = base + ("" if r == main else f"/r{r:.6g}")
+      ratios[names[stack, position, mult, r]] = r
+  slots = [_Slot(leaf, names[s, pos, m, r], layer, axis)
+           for s, pos, m, r, _, leaf, layer, axis in entries]  # fmt: skip
   return slots, ratios
 
 
@@ -193,11 +199,20 @@ def layer_metrics(*args: Any, **config: Any) -> Callable[[Any, Any, Any], dict[s
   - ``update_ratio/<row>``: :math:`\\|\\Delta p\\| / \\|p\\|` over the row's parameters.
 
   A row is one stack's position: ``bottom``, ``layer_NN`` (zero-padded to the stack's widest
-  index) or ``top``, prefixed by its stack when the model has several (``encoder/layer_03``).
-  A scanned leaf contributes each layer slice to its layer's row. A position whose parameters
-  have several ratios (``lr_mults``, ``set_param_lr_fun``) adds ``<row>/x<multiple>`` for those that differ
-  from the ratio most of its parameters have. Numbers that ``optax.inject_hyperparams`` holds
-  in the state (``layerwise_decay``, ``head_ratio``, ``min_ratio``) are read from it.
+  index) or ``top``, prefixed by its stack when the model has several (``encoder/layer_03``;
+  ``model/...`` for the model's own stack beside towers). A scanned leaf contributes each layer
+  slice to its layer's row. Parameters that an ``lr_mults`` rule multiplies by ``m`` form the
+  row ``<row>/x<m>`` (``layer_03/x10``); a position whose parameters still have several ratios
+  (``set_param_lr_fun``) adds ``<row>/r<ratio>`` for those that differ from the ratio most of
+  its parameters have. Numbers that ``optax.inject_hyperparams`` holds in the state
+  (``layerwise_decay``, ``head_ratio``, ``min_ratio``) are read from it.
+
+  The rows describe ``adamwdl``'s own ladder: what a transformation chained after it scales
+  (``optax.scale``, ``reduce_on_plateau``) is not in ``lr/``, and under ``optax.partition`` /
+  ``optax.masked`` the parameters another transformation trains are not ``adamwdl``'s (pass the
+  parameters, updates and state of the ``adamwdl`` part). A learning rate set by hand shows from
+  the step it is set, also on a step that ``optax.MultiSteps`` accumulates or
+  ``optax.apply_if_finite`` skips (whose ``update_ratio`` is 0).
 
   The norms are one more pass over the parameters and the updates, which is not free next to an
   optimizer step (about 10% of a whole step of the benchmark's bert-mini-width model on two CPU
@@ -242,7 +257,10 @@ def layer_metrics(*args: Any, **config: Any) -> Callable[[Any, Any, Any], dict[s
         f"params has {len(leaves)} leaves and updates {len(update_leaves)}: pass the parameters "
         "the update was computed from and the updates tx.update returned."
       )
-    placed = _placements(tree, static)
+    try:
+      placed = _placements(tree, static)
+    except ValueError:  # a tree with no layer refuses any decay but 1, which its rows then take
+      placed = _placements(tree, {**static, "layerwise_decay": 1.0})
     slots, ratios = _rows(placed, [np.shape(x) for x in leaves])
     injected = _injected(opt_state)
     lr = _learning_rate(learning_rate, opt_state, injected)

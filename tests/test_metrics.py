@@ -218,7 +218,7 @@ def test_two_stacks_are_prefixed_by_their_names():
   np.testing.assert_allclose(out["update_ratio/decoder/layer_03"], want, rtol=1e-5)
 
 
-def test_a_position_with_several_ratios_names_each_by_its_multiple():
+def test_a_position_with_several_ratios_names_each_by_its_ratio():
   params = {"layers": [{"w": jnp.ones(4), "b": jnp.ones(2)}], "head": jnp.ones(2)}
   rule = lambda d, n, name: d if name.endswith("b") else 1.0
   config = dict(learning_rate=0.1, layerwise_decay=0.5, set_param_lr_fun=rule)
@@ -226,9 +226,9 @@ def test_a_position_with_several_ratios_names_each_by_its_multiple():
   updates, opt_state = tx.update(_grads(params, 0), tx.init(params), params)
   out = layer_metrics(**config)(params, updates, opt_state)
   lrs = {k: round(float(v), 6) for k, v in out.items() if k.startswith("lr/")}
-  assert lrs == {"lr/layer_0": 0.1, "lr/layer_0/x0.5": 0.05, "lr/top": 0.1}
+  assert lrs == {"lr/layer_0": 0.1, "lr/layer_0/r0.5": 0.05, "lr/top": 0.1}
   want = np.linalg.norm(np.asarray(updates["layers"][0]["b"])) / np.linalg.norm(np.ones(2))
-  np.testing.assert_allclose(out["update_ratio/layer_0/x0.5"], want, rtol=1e-5)
+  np.testing.assert_allclose(out["update_ratio/layer_0/r0.5"], want, rtol=1e-5)
 
 
 def _pick(indices, tree):
@@ -332,3 +332,52 @@ def test_an_injected_decay_schedule_and_an_array_decay():
   updates, opt_state = tx.update(_grads(params, 0), tx.init(params), params)
   out = layer_metrics(**config)(params, updates, opt_state)
   _check(out, {r: 0.1 * 0.5**e for r, e in exponents.items()}, rows, params, updates)
+
+
+def test_an_lr_mults_rule_is_one_row_per_layer_named_by_its_multiplier():
+  """A rule's parameters keep their suffix in every layer, whatever the layer's other ratios."""
+  params = {"layers": [{"w": jnp.ones(4), "b": jnp.ones(2)} for _ in range(3)], "head": jnp.ones(2)}
+  config = dict(learning_rate=0.1, layerwise_decay=0.5, lr_mults=[(r".*\.b", 3.0)])
+  tx = adamwdl(**config)
+  updates, opt_state = tx.update(_grads(params, 0), tx.init(params), params)
+  lrs = {k: round(float(v), 6) for k, v in layer_metrics(**config)(params, updates, opt_state).items()
+         if k.startswith("lr/")}  # fmt: skip
+  assert lrs == {
+    "lr/layer_0": 0.0125,
+    "lr/layer_0/x3": 0.0375,
+    "lr/layer_1": 0.025,
+    "lr/layer_1/x3": 0.075,
+    "lr/layer_2": 0.05,
+    "lr/layer_2/x3": 0.15,
+    "lr/top": 0.1,
+  }
+
+
+def test_a_scanned_leaf_of_one_layer_counts_whole_on_any_axis():
+  rng = np.random.default_rng(0)
+  params = {
+    "embed": jnp.ones((6, 3)),
+    "head": jnp.ones((3, 2)),
+    "block": {"kernel": jnp.asarray(rng.normal(size=(3, 1, 3)), jnp.float32)},
+  }
+  config = dict(learning_rate=0.1, layerwise_decay=0.5,
+                scan_axes=lambda n: 1 if n.startswith("block") else None)  # fmt: skip
+  tx = adamwdl(**config)
+  g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  updates, opt_state = tx.update(g, tx.init(params), params)
+  out = layer_metrics(**config)(params, updates, opt_state)
+  u, p = np.asarray(updates["block"]["kernel"]), np.asarray(params["block"]["kernel"])
+  np.testing.assert_allclose(out["update_ratio/layer_0"], np.linalg.norm(u) / np.linalg.norm(p),
+                             rtol=1e-5)  # fmt: skip
+
+
+def test_a_decay_rule_under_a_scheduled_decay_keeps_its_rows_apart():
+  params = {"layers": [{"w": jnp.ones(4), "b": jnp.ones(2)}] * 2, "head": jnp.ones(2)}
+  rule = lambda d, n, name: d if name.endswith("b") else 1.0
+  config = dict(learning_rate=0.1, weight_decay=0.0, set_param_lr_fun=rule,
+                layerwise_decay=optax.constant_schedule(0.5))  # fmt: skip
+  tx = optax.inject_hyperparams(adamwdl, static_args=("set_param_lr_fun",))(**config)
+  updates, opt_state = tx.update(_grads(params, 0), tx.init(params), params)
+  out = layer_metrics(**config)(params, updates, opt_state)
+  assert round(float(out["lr/layer_0"]), 6) == 0.1
+  assert round(float(out["lr/layer_0/r0.987654"]), 6) == 0.05  # named at the rows' stand-in decay
