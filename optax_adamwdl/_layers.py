@@ -138,6 +138,9 @@ HEADS = frozenset(
     "enc_to_dec_proj",
     # MaxText's output projection (when the embedding is not tied).
     "logits_dense",
+    # wav2vec2's adapter: strided convolutions on the encoder's output (for a decoder), after the
+    # last layer. Inside a layer (a LoRA adapter) the layer decides first.
+    "adapter",
     # A module called "mlp" outside every layer: the classification head of ViTs written as
     # Equinox's docs write them (an eqx.nn.Sequential of LayerNorm and Linear). Inside a layer
     # the layer decides first, so a layer's own "mlp" is that layer's.
@@ -235,6 +238,9 @@ def site(
     if layer is not None and layer.prefix not in not_stacks:
       return layer
     kind = _kind(part, is_leaf=i == len(parts) - 1)
+    # Inside a list that is not a stack (torchvision's layer2.0.conv1), a conv is no stem.
+    if kind == "stem" and any(_index(p) is not None for p in parts[:i]):
+      continue
     if kind is not None:
       return Site(kind)
   return Site("unrecognised")

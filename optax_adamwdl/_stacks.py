@@ -162,6 +162,29 @@ def sequences(names: Sequence[str], sites: Sequence[_layers.Site]) -> frozenset[
   return frozenset(found)
 
 
+def _zeros_named(names: Sequence[str]) -> list[str]:
+  """The names with a bare component read as index 0 beside its numbered siblings (rule 3).
+
+  Haiku names the modules a loop makes ``block``, ``block_1``, ``block_2``: the first is
+  ``block_0``.
+  """
+  children: dict[tuple, set[str]] = {}
+  for name in names:
+    parts = name.split(".")
+    for i in range(len(parts) - 1):
+      children.setdefault(tuple(parts[:i]), set()).add(parts[i])
+  out = []
+  for name in names:
+    parts = name.split(".")
+    read = [
+      f"{part}_0" if f"{part}_1" in children[tuple(parts[:i])] and f"{part}_0" not in
+      children[tuple(parts[:i])] else part
+      for i, part in enumerate(parts[:-1])
+    ]  # fmt: skip
+    out.append(".".join([*read, parts[-1]]))
+  return out
+
+
 def sites(
   options: LadderOptions, names: Sequence[str], shapes: Sequence[tuple], hidden: Sequence[str]
 ) -> tuple[list[_layers.Site], frozenset[str]]:
@@ -172,7 +195,7 @@ def sites(
   their place): they count for the model's stacks and depths, so that a
   transformation that sees part of a model places it as the whole model does.
   """
-  whole = [*names, *hidden]
+  whole = _zeros_named([*names, *hidden])
   every_shape = [*shapes, *[None] * len(hidden)]
   scanned = [
     (options.scan_axes is not None and _scanned(options, n, s)) or None
@@ -312,7 +335,31 @@ def _keys(prefixes: list[str], given: list[str]) -> dict[str, str]:
     raised[p] = r.rpartition(".")[0] if _list_root(p, r) else r
   if len(set(raised.values())) == 1 and not given:
     return dict.fromkeys(prefixes, "")  # one stack: the whole model
+  if not given:
+    _check_towers(raised)
   return raised
+
+
+def _check_towers(keys: dict[str, str]) -> None:
+  """Refuses lists under distinct modules whose names do not say they are towers (rule 2).
+
+  A tower takes inputs of its own (``encoder``/``decoder``, ``text_model``/``vision_model``); two
+  lists under modules named otherwise (``blocks`` and an MLP's ``proj.layers``; ``stage1`` and
+  ``stage2``) may as well run one on the other's output, which a ladder each would get wrong.
+  """
+  towers = {
+    k for k in keys.values() if k == "" or set().union(*map(_words, k.split("."))) & TOWER_WORDS
+  }
+  others = sorted({k for k in keys.values()} - towers)
+  if others:
+    lists = sorted(keys)
+    raise ValueError(
+      f"The lists of layers {lists} sit under different modules, and the names of {others} say "
+      "neither that they are towers with inputs of their own (text, vision, encoder, decoder, "
+      "...: a ladder each) nor in which order they run (one ladder, in series). For a ladder "
+      f"each, pass stacks={sorted(set(keys.values()) - {''})!r}; for one ladder in series, "
+      "pass set_param_lr_fun (see the ladder guide, 'Series or parallel')."
+    )
 
 
 def stacks(

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import pytest
 
+import optax_adamwdl
 from optax_adamwdl import Placement, adamwdl, check_ladder, lr_placements, lr_ratios, param_names
 
 eqx = pytest.importorskip("equinox")
@@ -446,3 +447,56 @@ def test_a_sequential_beside_the_stack_is_a_head_or_refused_never_a_ladder_of_it
   placed = {p.name: p for p in _placements(mixed)}
   assert placed["units.1.mlp.kernel"].position == 1
   assert placed["stuff.1.other.kernel"].position == "top"  # not a layer
+
+
+# Found by review: trees the rules first got wrong in silence.
+
+
+def test_haiku_names_a_loops_first_module_without_its_index():
+  """Modules a loop makes without name= are block, block_1, block_2: block is layer 0."""
+
+  class Block(hk.Module):
+    def __call__(self, x):
+      return x + hk.nets.MLP([16, 8])(hk.LayerNorm(-1, True, True)(x))
+
+  def forward(ids):
+    x = hk.Embed(10, 8)(ids)
+    for _ in range(3):
+      x = Block()(x)
+    return hk.Linear(2, name="head")(hk.LayerNorm(-1, True, True, name="final_norm")(x))
+
+  model = hk.without_apply_rng(hk.transform(forward))
+  ids = jnp.zeros((2, 5), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), ids)
+  table = optax_adamwdl.lr_table(params, 0.8)
+  assert [(r.layer, r.rule) for r in table.rows] == [
+    ("bottom", "embedding"), ("0", "layer"), ("1", "layer"), ("2", "layer"), ("top", "head")
+  ]  # fmt: skip
+  assert optax_adamwdl.check_ladder(model.apply, params, ids, layerwise_decay=0.8).ok
+
+
+def test_lists_under_modules_that_are_not_towers_are_refused():
+  """blocks, then an eqx.nn.MLP (its field is called layers) on their output: not two towers."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 6)
+  params = {
+    "embedding": eqx.nn.Embedding(10, 8, key=keys[0]),
+    "blocks": tuple(eqx.nn.Linear(8, 8, key=k) for k in keys[1:4]),
+    "proj": eqx.nn.MLP(8, 8, 8, depth=2, key=keys[4]),
+    "out": eqx.nn.Linear(8, 2, key=keys[5]),
+  }
+  params = eqx.filter(params, eqx.is_array)
+  with pytest.raises(ValueError, match=r"say neither that they are towers.*stacks=\['proj'\]"):
+    optax_adamwdl.lr_table(params, 0.8)
+  table = optax_adamwdl.lr_table(params, 0.8, stacks=["proj"])  # as the message says
+  assert {r.stack for r in table.rows} == {"", "proj"}
+
+
+def test_a_conv_inside_a_list_that_is_not_a_stack_is_not_a_stem():
+  """torchvision ResNet names: layer2's blocks differ (a downsample), so layer2 is no stack; its
+  conv1 is then unrecognised (and reported), not a stem below every layer."""
+  shapes = {"conv1.weight": (8, 3, 7, 7), "layer2.0.conv1.weight": (16, 8, 3, 3),
+            "layer2.0.downsample.0.weight": (16, 8, 1, 1), "layer2.1.conv1.weight": (16, 16, 3, 3),
+            "fc.weight": (10, 16)}  # fmt: skip
+  placed = optax_adamwdl.lr_placements({k: jnp.zeros(s) for k, s in shapes.items()}, 1.0)
+  assert placed["conv1.weight"].rule == "stem"
+  assert placed["layer2.0.conv1.weight"].rule == "unrecognised"
