@@ -125,7 +125,7 @@ def test_quick_run_end_to_end(tmp_path):
   # The logged learning rates follow the ladder; every logged update is a move.
   curves = results["layer_curves"]
   rows = curves["rows"]
-  assert rows == ["embeddings"] + [f"layer_{i:02d}" for i in range(run.QUICK.n_layers)] + ["head"]
+  assert rows == ["bottom"] + [f"layer_{i}" for i in range(run.QUICK.n_layers)] + ["top"]
   for decay, run_curves in curves["runs"].items():
     peak = [max(run_curves["lr"][row]) for row in rows]
     assert peak[-1] == pytest.approx(run_curves["peak_lr"], rel=1e-3)
@@ -164,44 +164,48 @@ def test_committed_full_run_has_the_documented_shape():
     assert (COMMITTED / name).stat().st_size < 200_000
 
 
-def test_logged_metrics_agree_with_the_package_layer_metrics():
-  """The experiment's own per-row numbers equal optax_adamwdl.layer_metrics' (where it exists)."""
+def test_the_train_step_logs_layer_metrics_curves():
+  """The curves are what optax_adamwdl.layer_metrics logs inside the jitted, vmapped train step: its
+  row names, and at each step each run's schedule(step) x the row's ratio from lr_ratios."""
+  import dataclasses
+
   import jax
-  import jax.numpy as jnp
   from flax import nnx
 
   import optax_adamwdl
   from experiments.finetune import finetune
   from experiments.finetune.pretrain import new_model
 
-  if not hasattr(optax_adamwdl, "layer_metrics"):
-    pytest.skip("optax_adamwdl.layer_metrics is not in this version of the package")
-  cfg = run.QUICK
-  params = nnx.state(new_model(cfg, len(cfg.packages), 0), nnx.Param)
-  decay, peak, step = 0.75, 3e-3, 2
-  config = dict(
-    learning_rate=finetune.schedule(cfg, peak),
-    weight_decay=cfg.weight_decay,
-    layerwise_decay=decay,
-    apply_decay_param_fun=finetune.no_decay_for_bias_and_scale,
+  cfg = dataclasses.replace(run.QUICK, finetune_steps=8)
+  corpus = data.load(cfg.length, vocab_size=cfg.vocab_size, val_per_class=8, test_per_class=8)
+  encoder = nnx.state(new_model(cfg, len(cfg.packages), 5), nnx.Param)  # stands in for pre-trained
+  trainer = finetune.Trainer(cfg, encoder)
+  runs = [
+    {"decay": 0.5, "peak_lr": 1e-2, "from_scratch": False},
+    {"decay": 1.0, "peak_lr": 3e-3, "from_scratch": False},
+    {"decay": 0.75, "peak_lr": 3e-2, "from_scratch": True},
+  ]
+  _, _, logged = trainer.train(0, runs, corpus)
+
+  rows = ["bottom"] + [f"layer_{i}" for i in range(cfg.n_layers)] + ["top"]
+  assert list(logged) == [f"{kind}/{row}" for kind in ("lr", "update_ratio") for row in rows]
+  params = finetune.start_params(cfg, encoder, 0, from_scratch=False)
+  ladder = dict(
+    weight_decay=cfg.weight_decay, apply_decay_param_fun=finetune.no_decay_for_bias_and_scale
   )
+  config = dict(learning_rate=1e-3, layerwise_decay=0.5, **ladder)
   tx = optax_adamwdl.adamwdl(**config)
-  opt_state = tx.init(params)
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
-  for _ in range(step + 1):
-    updates, opt_state = tx.update(grads, opt_state, params)
-  theirs = optax_adamwdl.layer_metrics(**config)(params, updates, opt_state)
-  rows, _ = finetune.ladder_rows(params, decay)
-  ours = finetune.update_ratios(params, updates, rows)
-  lrs = finetune.lr_curves(cfg, params, peak, decay)
+  updates, opt_state = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+  assert list(optax_adamwdl.layer_metrics(**config)(params, updates, opt_state)) == list(logged)
 
-  def their_name(row):
-    if row in ("embeddings", "head"):
-      return {"embeddings": "bottom", "head": "top"}[row]
-    return f"layer_{int(row.split('_')[1])}"
-
-  for row in ours:
-    assert float(ours[row]) == pytest.approx(
-      float(theirs[f"update_ratio/{their_name(row)}"]), rel=1e-4
-    )
-    assert lrs[row][step] == pytest.approx(float(theirs[f"lr/{their_name(row)}"]), rel=1e-4)
+  for i, r in enumerate(runs):
+    ratios = optax_adamwdl.lr_ratios(params, r["decay"], **ladder)
+    subtrees = {"bottom": ratios["embeddings"], "top": ratios["head"]}
+    subtrees |= {f"layer_{j}": ratios["layers"][j] for j in range(cfg.n_layers)}
+    sched = finetune.schedule(cfg, r["peak_lr"])
+    for row in rows:
+      (ratio,) = set(jax.tree.leaves(subtrees[row]))
+      expected = [float(sched(t)) * ratio for t in range(cfg.finetune_steps)]
+      assert logged[f"lr/{row}"][:, i].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-12)
+      moves = logged[f"update_ratio/{row}"][:, i]
+      assert moves[0] == 0 and np.all(np.isfinite(moves)) and np.all(moves[1:] > 0)

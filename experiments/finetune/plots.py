@@ -53,7 +53,11 @@ def accuracy_figure(results: dict):
 
 
 def layer_curves_figure(results: dict):
-  """Per-row learning rate (top) and update-to-parameter norm ratio (bottom), one column per decay."""
+  """Per-row learning rate (top) and update-to-parameter norm ratio (bottom), one column per decay.
+
+  The rows and curves are those ``optax_adamwdl.layer_metrics`` logged in the train step (``bottom``,
+  ``layer_0``, ..., ``top``), drawn in that order.
+  """
   curves = results["layer_curves"]
   decays = [row["decay"] for row in results["table"]]
   fig, axes = plt.subplots(

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from experiments.finetune import data, plots
-from experiments.finetune.finetune import Trainer, lr_curves, sort_rows, start_params
+from experiments.finetune.finetune import Trainer
 from experiments.finetune.pretrain import CACHE, pretrain
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -100,15 +100,15 @@ def run(cfg: Config, out: pathlib.Path | None, *, cache: pathlib.Path | None = C
   test_x, test_y, _ = corpus.snippets["test"]
   final, val_acc, train_loss = {}, {}, {}
   curves_seed = cfg.seeds[0]
-  ratio_log = None
+  metric_log = None  # what layer_metrics logged at every step of the curves' seed
   for seed in cfg.seeds:
     t = time.time()
-    params, losses, ratios = trainer.train(seed, runs, corpus)
+    params, losses, metrics = trainer.train(seed, runs, corpus)
     val_acc[seed] = trainer.accuracy(params, val_x, val_y)
     final[seed] = jax.device_get(params)
     train_loss[seed] = losses
     if seed == curves_seed:
-      ratio_log = ratios
+      metric_log = metrics
     best = int(np.argmax(val_acc[seed]))
     log(
       f"  seed {seed}: {len(runs)} runs x {cfg.finetune_steps} steps in {time.time() - t:.0f} s;"
@@ -154,16 +154,17 @@ def run(cfg: Config, out: pathlib.Path | None, *, cache: pathlib.Path | None = C
     row["minus_adamw_sd"] = _r(diff.std(ddof=1)) if len(diff) > 1 else 0.0
   scratch = test_row("scratch") if cfg.scratch_baseline else None
 
-  rows = sort_rows(trainer.rows)
+  # layer_metrics' rows, in its (sorted) order: bottom, layer_0, ..., top.
+  rows = [k.removeprefix("lr/") for k in metric_log if k.startswith("lr/")]
   curves = {"seed": curves_seed, "rows": rows, "runs": {}}
   for d in cfg.decays:
     i = chosen[f"{d:g}"][0]
-    classifier = start_params(cfg, pretrained, curves_seed, from_scratch=False)
-    lrs = lr_curves(cfg, classifier, runs[i]["peak_lr"], d)
     curves["runs"][f"{d:g}"] = {
       "peak_lr": runs[i]["peak_lr"],
-      "lr": {row: [_r(v, 3) for v in lrs[row]] for row in rows},
-      "update_ratio": {row: [_r(v, 3) for v in ratio_log[row][:, i]] for row in rows},
+      **{
+        kind: {row: [_r(v, 3) for v in metric_log[f"{kind}/{row}"][:, i]] for row in rows}
+        for kind in ("lr", "update_ratio")
+      },
     }
 
   results = {
