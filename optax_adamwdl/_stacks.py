@@ -244,6 +244,9 @@ TOWER_WORDS = frozenset(
     "encoder",
     "decoder",
     "language",
+    "img",
+    "txt",
+    "tower",
   }
 )
 # Words that order lists of layers in series: a lower rank runs first (MaxText's DeepSeek runs
@@ -479,13 +482,17 @@ def check_depth_known(key: str | None, stack: Stack) -> None:
 def _steps(indices: set[tuple[int, ...]], stage_wise: bool) -> dict[tuple[int, ...], int]:
   """Each layer index's step on its stack's ladder.
 
-  A plain index is its own step. Blocks nested in stages, (stage, block), are
-  counted stage-major across the stack (a stage's own parameters, (stage,),
-  take the step of its first block), or one step per stage when
-  ``stage_wise``.
+  A plain index's step is its rank among the indices present: a list that
+  interleaves parameter-free layers (an ``eqx.nn.Sequential`` or
+  ``nnx.Sequential`` with activations and pooling between its convolutions:
+  indices 0, 4, 6, 8) has a layer per parameterised index, not per index.
+  Blocks nested in stages, (stage, block), are counted stage-major across the
+  stack (a stage's own parameters, (stage,), take the step of its first
+  block), or one step per stage when ``stage_wise``.
   """
   if stage_wise or all(len(i) == 1 for i in indices):
-    return {i: i[0] for i in indices}
+    ranks = {first: rank for rank, first in enumerate(sorted({i[0] for i in indices}))}
+    return {i: ranks[i[0]] for i in indices}
   blocks: dict[int, int] = {}
   for i in indices:
     blocks[i[0]] = max(blocks.get(i[0], 0), i[1] + 1 if len(i) == 2 else 0)

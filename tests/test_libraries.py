@@ -500,3 +500,19 @@ def test_a_conv_inside_a_list_that_is_not_a_stack_is_not_a_stem():
   placed = optax_adamwdl.lr_placements({k: jnp.zeros(s) for k, s in shapes.items()}, 1.0)
   assert placed["conv1.weight"].rule == "stem"
   assert placed["layer2.0.conv1.weight"].rule == "unrecognised"
+
+
+def test_a_sequential_with_parameter_free_layers_between_counts_its_parameterised_layers():
+  """Equinox's CNN tutorial: Conv2d, MaxPool, relu, ..., Linear, Linear at indices 0, 4, 6, 8."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  model = eqx.nn.Sequential([
+    eqx.nn.Conv2d(1, 3, kernel_size=4, key=keys[0]), eqx.nn.MaxPool2d(kernel_size=2),
+    eqx.nn.Lambda(jax.nn.relu), eqx.nn.Lambda(jnp.ravel),
+    eqx.nn.Linear(12, 8, key=keys[1]), eqx.nn.Lambda(jax.nn.sigmoid),
+    eqx.nn.Linear(8, 8, key=keys[2]), eqx.nn.Lambda(jax.nn.relu),
+    eqx.nn.Linear(8, 2, key=keys[3]),
+  ])  # fmt: skip
+  table = optax_adamwdl.lr_table(eqx.filter(model, eqx.is_array), 0.8)
+  assert [(r.layer, r.ratio) for r in table.rows] == [
+    ("0", 0.8**4), ("1", 0.8**3), ("2", 0.8**2), ("3", 0.8)
+  ]  # fmt: skip

@@ -118,7 +118,7 @@ def test_a_mask_says_whether_and_wd_mults_how_much():
     params, apply_decay_param_fun=no_norms, wd_mults=[(r"embeddings\..*", 3.0)]
   )
   assert placed["embeddings"]["LayerNorm"]["scale"].weight_decay == 0.0  # masked: off, whatever w
-  assert placed["embeddings"]["word"][7:] == (3.0, r"embeddings\..*")
+  assert placed["embeddings"]["word"][7:9] == (3.0, r"embeddings\..*")
 
 
 def test_a_zero_multiplier_freezes_exactly_and_keeps_no_moments():
