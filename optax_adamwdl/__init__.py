@@ -5,8 +5,8 @@ optax's Adam, decay and learning-rate pieces and :func:`scale_by_layerwise_lr`
 (``_scale``), whose ratios come from the ladder: ``_ladder_options`` (the
 options, validated once), ``_names`` (pytree paths to dotted names),
 ``_layers`` (a name's site: layer, embedding, stem, head), ``_stacks`` (sites,
-stacks and depths of a whole tree) and ``_ladder`` (the pipeline from a tree
-to one placement and ratio per leaf). Paddle's extras are
+stacks and depths of a whole tree; ``_series``: which lists run in series) and
+``_ladder`` (the pipeline from a tree to one placement and ratio per leaf). Paddle's extras are
 wrappers that compose around any optax optimizer: ``_lazy``
 (:func:`update_nonzero_rows`), ``_master`` (:func:`with_master_weights`),
 ``_clipping``; ``_fusion`` (:func:`single_pass`) is an opt-in CPU trick,
