@@ -28,10 +28,8 @@ import optax
 from optax_adamwdl import _names, _table
 from optax_adamwdl._alias import adamwdl
 from optax_adamwdl._ladder import Placement
-from optax_adamwdl._ladder_options import LadderOptions
 
 _ADAMWDL = inspect.signature(adamwdl)
-_LADDER = tuple(p for p in inspect.signature(LadderOptions.build).parameters if p != "cls")
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 _STAND_IN_DECAY = 0.987654  # decides the rows when the decay comes as an array or a schedule
 
@@ -264,7 +262,10 @@ def layer_metrics(*args: Any, **config: Any) -> Callable[[Any, Any, Any], dict[s
     slots, ratios = _rows(placed, [np.shape(x) for x in leaves])
     injected = _injected(opt_state)
     lr = _learning_rate(learning_rate, opt_state, injected)
-    ladder = {**arrays, **{k: v for k, v in injected.items() if k in _LADDER and k != "n_layers"}}
+    ladder = {
+      **arrays,
+      **{k: v for k, v in injected.items() if k in _table.LADDER_ARGUMENTS and k != "n_layers"},
+    }
     traced = _placements(tree, {**static, **ladder}) if ladder else None
     steps: dict[str, Any] = {}
     sizes: dict[str, Any] = {}

@@ -18,9 +18,9 @@ from optax_adamwdl._ladder import Placement, placements
 from optax_adamwdl._ladder_options import LadderOptions
 from optax_adamwdl._multipliers import Multipliers
 
-_LADDER = frozenset(inspect.signature(LadderOptions.build).parameters)
+LADDER_ARGUMENTS = frozenset(inspect.signature(LadderOptions.build).parameters)
 _DECAY = frozenset({"weight_decay", "mask", "apply_decay_param_fun", "wd_mults"})
-_OPTIMIZER = frozenset(inspect.signature(adamwdl).parameters) - _LADDER - _DECAY
+_OPTIMIZER = frozenset(inspect.signature(adamwdl).parameters) - LADDER_ARGUMENTS - _DECAY
 
 
 def param_placements(params: Any, layerwise_decay: Any = 1.0, *args: Any, **config: Any) -> list:
@@ -29,11 +29,11 @@ def param_placements(params: Any, layerwise_decay: Any = 1.0, *args: Any, **conf
   ``config`` holds any keyword arguments of :func:`optax_adamwdl.adamwdl`; those
   that only the optimizer reads (``learning_rate``, ``b1``, ...) are ignored.
   """
-  unknown = set(config) - _LADDER - _DECAY - _OPTIMIZER
+  unknown = set(config) - LADDER_ARGUMENTS - _DECAY - _OPTIMIZER
   if unknown:
     raise TypeError(f"Unknown argument(s) {sorted(unknown)}: give adamwdl's keyword arguments.")
   tree = _names.parameter_tree(params)
-  ladder = {k: v for k, v in config.items() if k in _LADDER}
+  ladder = {k: v for k, v in config.items() if k in LADDER_ARGUMENTS}
   placed = placements(LadderOptions.build(layerwise_decay, *args, **ladder), tree)
   mults = Multipliers.build("wd_mults", config.get("wd_mults"), config.get("strict_mults", False))
   factors = _decay.decay_factors(
